@@ -1,0 +1,220 @@
+"""Weights: the zoo manifest (``weights/zoo.json``), reading state dicts safely, loading them with
+errors that say what was expected and what was found.
+
+A zoo record (one entry of ``zoo.json``'s ``"weights"`` list)::
+
+    {"id": "resnet20_fashion_mnist", "arch": "resnet20", "constructor": {"in_chans": 1},
+     "dataset": "fashion-mnist", "class_names": [...],
+     "preprocessing": {"input_size": 32, "channels": 1, "mean": [...], "std": [...], ...},
+     "recipe": {...}, "metrics": {"top1_err": 5.1, "command": "python -m backbones.evaluate ..."},
+     "file": "resnet20_fashion_mnist.safetensors", "sha256": "...", "size": 1093456}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from .fileio import atomic_path, sha256_of
+
+ZOO_ENV = "BACKBONES_ZOO"
+DEFAULT_ZOO = Path(__file__).resolve().parent.parent / "weights" / "zoo.json"
+STATE_DICT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+_REQUIRED_FIELDS = ("id", "arch", "constructor", "dataset", "class_names", "preprocessing", "recipe", "metrics",
+                    "file", "sha256", "size")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ZooRecord:
+    id: str
+    arch: str
+    constructor: dict[str, Any]
+    dataset: str
+    class_names: list[str]
+    preprocessing: dict[str, Any]
+    recipe: dict[str, Any]
+    metrics: dict[str, Any]
+    file: str
+    sha256: str
+    size: int
+    path: Path = field(compare=False)
+
+
+@dataclass
+class WeightsSource:
+    name: str  # what to call it in messages: a path or a zoo id
+    state_dict: dict[str, torch.Tensor]
+    record: ZooRecord | None = None
+
+
+def zoo_path() -> Path:
+    return Path(os.environ.get(ZOO_ENV, DEFAULT_ZOO))
+
+
+def read_zoo(path: str | Path | None = None) -> dict[str, ZooRecord]:
+    """All records of a zoo manifest by id; a malformed manifest raises ValueError naming the field."""
+    path = Path(path) if path is not None else zoo_path()
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    entries = data.get("weights") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        raise ValueError(f'{path}: expected an object with a "weights" list')
+    records: dict[str, ZooRecord] = {}
+    for index, entry in enumerate(entries):
+        where = f"{path}: weights[{index}]"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where}: expected an object, got {type(entry).__name__}")
+        missing = [key for key in _REQUIRED_FIELDS if key not in entry]
+        if missing:
+            raise ValueError(f"{where} ({entry.get('id', '?')}): missing field(s) {missing}")
+        if not re.fullmatch(r"[0-9a-f]{64}", str(entry["sha256"])):
+            raise ValueError(f"{where} ({entry['id']}): field 'sha256' must be 64 hex digits")
+        if not isinstance(entry["class_names"], list) or not entry["class_names"]:
+            raise ValueError(f"{where} ({entry['id']}): field 'class_names' must be a non-empty list")
+        if entry["id"] in records:
+            raise ValueError(f"{where}: duplicate id {entry['id']!r}")
+        known = {key: entry[key] for key in _REQUIRED_FIELDS}
+        records[entry["id"]] = ZooRecord(**known, path=path.parent / entry["file"])
+    return records
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a .safetensors file or a torch state dict (``weights_only=True``, never plain pickle).
+
+    Checkpoints that wrap the state dict (``{"model": ...}``, ``{"state_dict": ...}``) and the
+    ``module.`` / ``_orig_mod.`` prefixes of DDP and torch.compile are unwrapped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    size = path.stat().st_size
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            state: Any = load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as error:
+            raise ValueError(f"{path} ({size} bytes): not a readable safetensors file, truncated or corrupt? ({error})") from None
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as error:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ValueError(f"{path} ({size} bytes): not a readable torch state dict, truncated or corrupt? ({first})") from None
+    for key in ("model", "state_dict", "model_state"):
+        if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
+            state = state[key]
+            break
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{path}: expected a state dict (a mapping of names to tensors), found {type(state).__name__}")
+    clean: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor; is this a state dict?")
+        for prefix in ("module.", "_orig_mod."):
+            if key.startswith(prefix):
+                key = key[len(prefix) :]
+        clean[key] = value
+    return clean
+
+
+def resolve_weights(weights: str | Path, arch: str) -> WeightsSource:
+    """Turn a zoo id or a file path into a state dict (and its zoo record, if any)."""
+    as_path = Path(weights)
+    if as_path.suffix in STATE_DICT_SUFFIXES or as_path.exists():
+        return WeightsSource(str(as_path), load_state_dict_file(as_path))
+    zoo = read_zoo()
+    if str(weights) not in zoo:
+        known = ", ".join(sorted(zoo)) or "none"
+        raise ValueError(f"weights {str(weights)!r} is neither a file nor a zoo id in {zoo_path()} (zoo ids: {known})")
+    record = zoo[str(weights)]
+    if record.arch != arch:
+        raise ValueError(f"zoo weights {record.id!r} are for {record.arch}, not {arch}; use create_model({record.arch!r}, weights={record.id!r})")
+    if not record.path.is_file():
+        raise FileNotFoundError(f"zoo weights {record.id!r}: file {record.path} is missing")
+    actual_size = record.path.stat().st_size
+    if actual_size != record.size:
+        raise ValueError(f"zoo weights {record.id!r}: {record.path} has {actual_size} bytes, the record says {record.size} (truncated?)")
+    digest = sha256_of(record.path)
+    if digest != record.sha256:
+        raise ValueError(f"zoo weights {record.id!r}: sha256 of {record.path} is {digest}, the record says {record.sha256}")
+    return WeightsSource(record.id, load_state_dict_file(record.path), record)
+
+
+def describe_state_dict(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """A short guess at what architecture a ResNet-style state dict belongs to."""
+    blocks = []
+    for stage in range(1, 6):
+        indices = {int(m.group(1)) for key in state_dict if (m := re.match(rf"layer{stage}\.(\d+)\.", key))}
+        if not indices:
+            break
+        blocks.append(max(indices) + 1)
+    if not blocks:
+        return "no ResNet stages (layer1, layer2, ...) found"
+    bottleneck = any(".conv3." in key for key in state_dict)
+    depth = (3 if bottleneck else 2) * sum(blocks) + 2
+    fc = state_dict.get("fc.weight")
+    classes = f", {fc.shape[0]} classes" if fc is not None else ""
+    stem = state_dict.get("conv1.weight")
+    chans = f", {stem.shape[1]} input channel(s)" if stem is not None else ""
+    kind = "bottleneck" if bottleneck else "basic-block"
+    return f"a {depth}-layer {kind} net with blocks {blocks}{chans}{classes}"
+
+
+def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    """Raise one ValueError listing missing/unexpected keys and shape mismatches, if any."""
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state_dict]
+    unexpected = [key for key in state_dict if key not in expected]
+    mismatched = [
+        f"{key} expected {tuple(expected[key].shape)}, found {tuple(state_dict[key].shape)}"
+        for key in expected
+        if key in state_dict and expected[key].shape != state_dict[key].shape
+    ]
+    if not (missing or unexpected or mismatched):
+        return
+
+    def some(items: list[str]) -> str:
+        return ", ".join(items[:4]) + (f", ... ({len(items)} in all)" if len(items) > 4 else "")
+
+    lines = [f"{source}: the state dict does not fit {getattr(model, 'name', type(model).__name__)}"]
+    if missing:
+        lines.append(f"  missing {len(missing)} key(s): {some(missing)}")
+    if unexpected:
+        lines.append(f"  unexpected {len(unexpected)} key(s): {some(unexpected)}")
+    if mismatched:
+        lines.append(f"  shape mismatch: {some(mismatched)}")
+    lines.append(f"  expected {describe_state_dict(expected)}; found {describe_state_dict(state_dict)}")
+    raise ValueError("\n".join(lines))
+
+
+def load_weights(model: nn.Module, source: WeightsSource) -> None:
+    check_state_dict(model, source.state_dict, source.name)
+    model.load_state_dict(source.state_dict, strict=True)
+
+
+def save_weights(model_or_state: nn.Module | Mapping[str, torch.Tensor], path: str | Path,
+                 metadata: Mapping[str, str] | None = None) -> Path:  # fmt: skip
+    """Write a state dict as safetensors, atomically."""
+    from safetensors.torch import save_file
+
+    state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
+    tensors = {key: value.detach().to("cpu").contiguous() for key, value in state.items()}
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=dict(metadata or {}))
+    return path

@@ -1,0 +1,1 @@
+"""Faster R-CNN on the zoo backbones (built on torchvision.models.detection). Work in progress."""

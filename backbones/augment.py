@@ -1,0 +1,126 @@
+"""Batch preprocessing and augmentation for in-memory datasets, on whatever device the batch is on.
+
+Randomness is drawn from a generator seeded by (seed, epoch, batch index), so an augmented batch
+depends only on where it sits in training: a resumed run, or a run split over several processes,
+sees exactly the same augmented images as an uninterrupted single-process one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from .datasets import ArrayDataset
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How raw uint8 images become network input; stored with weights and exported artifacts."""
+
+    input_size: int
+    channels: int
+    mean: tuple[float, ...]  # per channel, in [0, 1] units
+    std: tuple[float, ...]
+    pad_to: int | None = None  # zero-pad smaller images (Fashion-MNIST 28 -> 32) to the net's native size
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocess:
+        try:
+            return cls(int(data["input_size"]), int(data["channels"]), tuple(data["mean"]), tuple(data["std"]),
+                       data.get("pad_to"))  # fmt: skip
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"preprocessing record {data!r} is malformed ({error!r})") from None
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, C, H, W) -> normalised float (N, C, S, S)."""
+        if images.dim() != 4 or images.shape[1] != self.channels:
+            raise ValueError(f"expected uint8 images (N, {self.channels}, H, W), got {tuple(images.shape)}")
+        x = images.float().div_(255)
+        if self.pad_to is not None and x.shape[-1] < self.pad_to:
+            total_h, total_w = self.pad_to - x.shape[-2], self.pad_to - x.shape[-1]
+            x = F.pad(x, (total_w // 2, total_w - total_w // 2, total_h // 2, total_h - total_h // 2))
+        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        return (x - mean) / std
+
+
+@dataclass(frozen=True)
+class CropFlip:
+    """The CIFAR recipe (§4.2): pad 4 on each side, random crop back to size, random horizontal flip."""
+
+    pad: int = 4
+    flip: bool = True
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        n, _, h, w = x.shape
+        offsets = torch.randint(0, 2 * self.pad + 1, (n, 2), generator=generator).to(x.device)
+        flips = torch.rand(n, generator=generator).to(x.device) < 0.5 if self.flip else None
+        padded = F.pad(x, (self.pad, self.pad, self.pad, self.pad))
+        rows = (offsets[:, 0, None] + torch.arange(h, device=x.device)).view(n, 1, h, 1)
+        cols = (offsets[:, 1, None] + torch.arange(w, device=x.device)).view(n, 1, 1, w)
+        if flips is not None:
+            cols = torch.where(flips.view(n, 1, 1, 1), cols.flip(-1), cols)
+        batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
+        channel = torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1)
+        return padded[batch, channel, rows, cols]
+
+
+def batch_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + index)
+
+
+@dataclass
+class ArrayBatches:
+    """Batches of an in-memory dataset: a seeded permutation per epoch, split over processes.
+
+    ``batch_size`` is the global batch; each of ``world_size`` processes takes its contiguous
+    share of every global batch, so the union over processes is the single-process batch.
+    """
+
+    dataset: ArrayDataset
+    batch_size: int
+    preprocess: Preprocess
+    augment: CropFlip | None = None
+    shuffle: bool = True
+    drop_last: bool = True
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+    skipped: int = field(default=0, init=False)  # the BatchSource interface: unreadable samples this epoch
+
+    def __post_init__(self) -> None:
+        if self.batch_size % self.world_size:
+            raise ValueError(f"global batch {self.batch_size} is not divisible by {self.world_size} processes")
+        if self.drop_last and len(self.dataset) < self.batch_size:
+            raise ValueError(f"{self.dataset.name}: {len(self.dataset)} images are fewer than one batch of {self.batch_size}")
+
+    def __len__(self) -> int:
+        full, rest = divmod(len(self.dataset), self.batch_size)
+        return full if self.drop_last or not rest else full + 1
+
+    @property
+    def num_samples(self) -> int:
+        return len(self) * self.batch_size if self.drop_last else len(self.dataset)
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        device = self.dataset.images.device
+        if self.shuffle:
+            order = torch.randperm(len(self.dataset), generator=batch_generator(self.seed, epoch, -1)).to(device)
+        else:
+            order = torch.arange(len(self.dataset), device=device)
+        for index in range(start, len(self)):
+            global_indices = order[index * self.batch_size : (index + 1) * self.batch_size]
+            x = self.preprocess(self.dataset.images[global_indices])
+            if self.augment is not None:  # drawn for the global batch: identical for any world size
+                x = self.augment(x, batch_generator(self.seed, epoch, index))
+            labels = self.dataset.labels[global_indices]
+            if self.world_size > 1:
+                x = torch.tensor_split(x, self.world_size)[self.rank]
+                labels = torch.tensor_split(labels, self.world_size)[self.rank]
+            yield x, labels

@@ -1,0 +1,374 @@
+"""The one training engine, shared by classification (``backbones.train``) and detection.
+
+A task supplies a ``step_fn(model, batch) -> {"loss": tensor, other scalars...}`` and optionally an
+``evaluate_fn(model) -> {metric: float}``; the engine owns everything else: the iteration loop over a
+BatchSource (``len``, ``batches(epoch, start)``, ``skipped``), the learning-rate schedule, AMP,
+channels_last, torch.compile, DistributedDataParallel, atomic checkpoints with exact resume, the
+progress bar, JSON-lines and TensorBoard logs, and the training-curve picture.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from .distributed import DistContext, all_reduce_sum, barrier
+from .fileio import atomic_path, atomic_write_text
+from .schedule import LRSchedule
+
+log = logging.getLogger("backbones.engine")
+
+CHECKPOINT_FORMAT = "backbones-checkpoint"
+CHECKPOINT_VERSION = 1
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+StepFn = Callable[[nn.Module, Any], dict[str, torch.Tensor]]
+EvalFn = Callable[[nn.Module], dict[str, float]]
+
+
+class BatchSource(Protocol):
+    skipped: int
+
+    def __len__(self) -> int: ...
+
+    def batches(self, epoch: int, start: int = 0) -> Iterable[Any]: ...
+
+
+@dataclass
+class EngineConfig:
+    output_dir: Path
+    max_iters: int
+    log_every: int = 50
+    eval_every: int = 0  # iterations between evaluations; 0 = once per epoch
+    checkpoint_every: int = 1000
+    amp: str = "none"
+    channels_last: bool = False
+    compile: bool = False
+    grad_clip: float | None = None
+    progress: bool = True
+    images_per_batch: int = 0  # for the images/s figure; 0 = read from the batch
+    monitor: str = "top1_err"  # evaluation metric (lower is better) that the plateau schedule watches
+
+    def __post_init__(self) -> None:
+        self.output_dir = Path(self.output_dir)
+        if self.amp not in AMP_DTYPES:
+            raise ValueError(f"amp must be one of {list(AMP_DTYPES)}, got {self.amp!r}")
+        if self.max_iters < 1 or self.log_every < 1 or self.checkpoint_every < 1:
+            raise ValueError("max_iters, log_every and checkpoint_every must be positive")
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *(float(v) for v in np_state[2:])),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), cached))
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load and validate an engine checkpoint; truncated or foreign files raise CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for damaged zip/pickle data
+        raise CheckpointError(f"{path} ({path.stat().st_size} bytes) cannot be read, truncated or corrupt? "
+                              f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None  # fmt: skip
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        found = sorted(state)[:6] if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path} is not a training checkpoint of this project (found {found}); "
+                              "a plain state dict can be used as weights, not resumed")  # fmt: skip
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {state.get('version')} is not supported (expected {CHECKPOINT_VERSION})")
+    return state
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        schedule: LRSchedule,
+        train_source: BatchSource,
+        step_fn: StepFn,
+        config: EngineConfig,
+        *,
+        evaluate_fn: EvalFn | None = None,
+        ctx: DistContext | None = None,
+        run_config: dict[str, Any] | None = None,
+    ) -> None:
+        self.ctx = ctx or DistContext()
+        self.config = config
+        self.model = model.to(self.ctx.device)  # the plain module: what checkpoints and weights hold
+        if config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = optimizer
+        self.schedule = schedule
+        self.source = train_source
+        self.step_fn = step_fn
+        self.evaluate_fn = evaluate_fn
+        self.run_config = run_config or {}
+        self.iteration = 0
+        self.meter_sums: dict[str, torch.Tensor] = {}  # name -> batch-size-weighted sum, on the device
+        self.meter_count = 0  # images in the current log window (this process)
+        self.samples_seen = 0
+        self.last_eval: dict[str, float] = {}
+        self.train_model = self._wrap(self.model)
+        amp_dtype = AMP_DTYPES[config.amp]
+        self.autocast = (
+            torch.autocast(self.ctx.device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+        )
+        self.scaler = torch.amp.GradScaler(self.ctx.device.type, enabled=config.amp == "fp16")
+        self.checkpoint_path = config.output_dir / "checkpoint.pt"
+        self.metrics_path = config.output_dir / "metrics.jsonl"
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        wrapped = model
+        if self.ctx.enabled:
+            device_ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
+            wrapped = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        if self.config.compile:
+            wrapped = torch.compile(wrapped)
+        return wrapped
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "iteration": self.iteration,
+            "samples_seen": self.samples_seen,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "meters": {"sums": {k: float(v) for k, v in self.meter_sums.items()}, "count": self.meter_count},
+            "last_eval": dict(self.last_eval),
+            "rng": _rng_state(),
+            "run_config": json.dumps(self.run_config, sort_keys=True, default=str),
+        }
+
+    def save_checkpoint(self) -> None:
+        if self.ctx.is_main:
+            with atomic_path(self.checkpoint_path) as tmp:
+                torch.save(self.state_dict(), tmp)
+        barrier(self.ctx)
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        state = read_checkpoint(path)
+        saved = json.loads(state["run_config"])
+        for key in ("arch", "dataset", "constructor"):
+            if key in saved and key in self.run_config and saved[key] != self.run_config[key]:
+                raise CheckpointError(f"{path} was written by a run with {key}={saved[key]!r}, "
+                                      f"but this run has {key}={self.run_config[key]!r}")  # fmt: skip
+        from .weights import check_state_dict
+
+        check_state_dict(self.model, state["model"], str(path))
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.iteration = int(state["iteration"])
+        self.samples_seen = int(state["samples_seen"])
+        self.meter_sums = {k: torch.tensor(v, dtype=torch.float64, device=self.ctx.device)
+                           for k, v in state["meters"]["sums"].items()}  # fmt: skip
+        self.meter_count = int(state["meters"]["count"])
+        self.last_eval = dict(state["last_eval"])
+        _set_rng_state(state["rng"])
+
+    # ------------------------------------------------------------------ logging
+    def _open_logs(self, resumed: bool) -> None:
+        self.tb = None
+        if not self.ctx.is_main:
+            return
+        self.config.output_dir.mkdir(parents=True, exist_ok=True)
+        if resumed and self.metrics_path.exists():  # drop records the resumed run will write again
+            kept = [
+                line for line in self.metrics_path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("iteration", 0) <= self.iteration
+            ]  # fmt: skip
+            atomic_write_text(self.metrics_path, "".join(f"{line}\n" for line in kept))
+        elif self.metrics_path.exists():
+            self.metrics_path.unlink()
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.config.output_dir / "tensorboard"), purge_step=self.iteration or None)
+        except ImportError:  # tensorboard is a dependency, but logging must never stop training
+            log.warning("tensorboard is not installed; writing JSON-lines metrics only")
+
+    def _record(self, kind: str, values: dict[str, float]) -> None:
+        if not self.ctx.is_main:
+            return
+        record = {"kind": kind, "iteration": self.iteration, "time": round(time.time(), 3), **values}
+        with open(self.metrics_path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for key, value in values.items():
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    self.tb.add_scalar(f"{kind}/{key}", value, self.iteration)
+
+    def _accumulate(self, outputs: dict[str, torch.Tensor], batch_size: int) -> None:
+        """Running sums stay on the device: no host synchronisation in the training step."""
+        for key, value in outputs.items():
+            weighted = value.detach().to(torch.float64) * batch_size
+            self.meter_sums[key] = self.meter_sums[key] + weighted if key in self.meter_sums else weighted
+        self.meter_count += batch_size
+
+    def _flush_meters(self) -> dict[str, float]:
+        """Window averages over all processes; one synchronisation per log interval."""
+        if not self.meter_sums:
+            return {}
+        names = sorted(self.meter_sums)
+        sums = torch.stack([self.meter_sums[n].to(self.ctx.device) for n in names])
+        count = torch.tensor([float(self.meter_count)], dtype=torch.float64, device=self.ctx.device)
+        totals = all_reduce_sum(torch.cat([sums, count]), self.ctx).cpu()
+        self.meter_sums, self.meter_count = {}, 0
+        averages = {name: totals[i].item() / max(totals[-1].item(), 1) for i, name in enumerate(names)}
+        if not math.isfinite(averages.get("loss", 0.0)):
+            raise FloatingPointError(f"training loss became {averages['loss']} before iteration {self.iteration}; "
+                                     "lower --lr or check the data")  # fmt: skip
+        return averages
+
+    def run_evaluation(self) -> dict[str, float]:
+        if self.evaluate_fn is None:
+            return {}
+        self.model.eval()
+        with torch.no_grad(), self.autocast:
+            metrics = self.evaluate_fn(self.model)
+        self.model.train()
+        self.last_eval = dict(metrics)
+        self._record("eval", metrics)
+        if self.config.monitor in metrics:  # lower is better
+            self.schedule.observe_validation(metrics[self.config.monitor])
+        return metrics
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, resume: bool = False) -> dict[str, float]:
+        config = self.config
+        if resume:
+            self.load_checkpoint(self.checkpoint_path)
+            log.info("resumed from %s at iteration %d", self.checkpoint_path, self.iteration)
+        elif self.checkpoint_path.exists():
+            raise FileExistsError(f"{self.checkpoint_path} exists: pass --resume to continue that run, "
+                                  "or choose another --output")  # fmt: skip
+        self._open_logs(resumed=resume)
+        batches_per_epoch = len(self.source)
+        if batches_per_epoch == 0:
+            raise ValueError("the training data yields no batches (fewer images than one batch?)")
+        eval_every = config.eval_every or batches_per_epoch
+        progress = None
+        if config.progress and self.ctx.is_main:
+            from tqdm import tqdm
+
+            progress = tqdm(total=config.max_iters, initial=self.iteration, unit="it", dynamic_ncols=True)
+        self.model.train()
+        window_start, window_samples = time.perf_counter(), 0
+        while self.iteration < config.max_iters:
+            epoch, start = divmod(self.iteration, batches_per_epoch)
+            for batch in self.source.batches(epoch, start):
+                lr = self.schedule.lr(self.iteration)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                batch_size = self._train_step(batch)
+                self.iteration += 1
+                self.samples_seen += batch_size * self.ctx.world_size
+                window_samples += batch_size * self.ctx.world_size
+                if progress is not None:
+                    progress.update(1)
+                if self.iteration % config.log_every == 0 or self.iteration == config.max_iters:
+                    metrics = self._flush_meters()
+                    elapsed = time.perf_counter() - window_start
+                    metrics.update(lr=lr, epoch=self.iteration / batches_per_epoch,
+                                   images_per_s=window_samples / max(elapsed, 1e-9))  # fmt: skip
+                    if "error" in metrics:
+                        self.schedule.observe_train_error(self.iteration, metrics["error"])
+                    self._record("train", metrics)
+                    if progress is not None:
+                        progress.set_postfix(loss=f"{metrics.get('loss', float('nan')):.3f}", lr=f"{lr:.3g}",
+                                             img_s=f"{metrics['images_per_s']:.0f}", refresh=False)  # fmt: skip
+                    window_start, window_samples = time.perf_counter(), 0
+                if self.iteration % eval_every == 0 or self.iteration == config.max_iters:
+                    self.run_evaluation()
+                if self.iteration % config.checkpoint_every == 0 or self.iteration == config.max_iters:
+                    self.save_checkpoint()
+                if self.iteration >= config.max_iters:
+                    break
+            if self.source.skipped:
+                log.warning("epoch %d: %d unreadable image(s) skipped", epoch, self.source.skipped)
+                self._record("data", {"skipped_images": self.source.skipped, "epoch": epoch})
+        if progress is not None:
+            progress.close()
+        if self.tb is not None:
+            self.tb.close()
+        return dict(self.last_eval)
+
+    def _train_step(self, batch: Any) -> int:
+        batch = move_to(batch, self.ctx.device, self.config.channels_last)
+        with self.autocast:
+            outputs = self.step_fn(self.train_model, batch)
+        loss = outputs["loss"]
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.config.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        batch_size = self.config.images_per_batch or _batch_length(batch)
+        self._accumulate(outputs, batch_size)
+        return batch_size
+
+
+def _batch_length(batch: Any) -> int:
+    first = batch[0] if isinstance(batch, (list, tuple)) else batch
+    return len(first)
+
+
+def move_to(batch: Any, device: torch.device, channels_last: bool = False) -> Any:
+    """Move tensors (nested in lists, tuples, dicts) to ``device``; 4-D float tensors to channels_last."""
+    if isinstance(batch, torch.Tensor):
+        batch = batch.to(device, non_blocking=True)
+        if channels_last and batch.dim() == 4 and batch.is_floating_point():
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_to(item, device, channels_last) for item in batch)
+    if isinstance(batch, dict):
+        return {key: move_to(value, device, channels_last) for key, value in batch.items()}
+    return batch
+
+
+def engine_config_dict(config: EngineConfig) -> dict[str, Any]:
+    data = asdict(config)
+    data["output_dir"] = str(config.output_dir)
+    return data

@@ -1,0 +1,266 @@
+"""``python -m backbones.train ARCH``: train a zoo model with the paper's recipe for its family.
+
+ImageNet nets default to §3.4 (batch 256, lr 0.1 divided by 10 on plateaus, wd 1e-4, momentum 0.9,
+up to 600k iterations); CIFAR nets to §4.2 (batch 128, lr 0.1, /10 at 32k and 48k, stop at 64k,
+45k/5k split on CIFAR-10, pad-4 crop + flip; depth >= 110 warms up at lr 0.01 until the training
+error is below 80 %). Every hyper-parameter can be overridden. Multi-GPU / multi-node: run the same
+command under ``torchrun --nproc-per-node N``; ``--batch-size`` is always the global batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .augment import ArrayBatches, CropFlip, Preprocess
+from .classification import classification_step, evaluate_classifier
+from .datasets import ArrayDataset, channel_stats, load_cifar10, load_fashion_mnist, make_synthetic, train_val_split
+from .distributed import DistContext, cleanup, init_distributed
+from .engine import EngineConfig, Trainer, engine_config_dict
+from .fileio import atomic_write_text
+from .registry import create_model, get_model_entry
+from .schedule import SCHEDULES, LRSchedule
+from .weights import save_weights
+
+log = logging.getLogger("backbones.train")
+
+DATASETS = ("imagenet", "cifar10", "fashion-mnist", "synthetic")
+
+# The paper's recipes. Milestones are fractions of max_iters so that a shortened run keeps their shape.
+RECIPES: dict[str, dict[str, Any]] = {
+    "imagenet": dict(dataset="imagenet", batch_size=256, lr=0.1, momentum=0.9, weight_decay=1e-4, schedule="plateau",
+                     max_iters=600_000, milestone_fractions=(), eval_every=5000, val_split=0),
+    "cifar": dict(dataset="cifar10", batch_size=128, lr=0.1, momentum=0.9, weight_decay=1e-4, schedule="step",
+                  max_iters=64_000, milestone_fractions=(0.5, 0.75), eval_every=0, val_split=5000),
+}  # fmt: skip
+# Per-dataset changes to the recipe: Fashion-MNIST keeps its official 60k/10k split, and the
+# generated set trains for a minute on a CPU (the README quickstart).
+DATASET_OVERRIDES: dict[str, dict[str, Any]] = {
+    "fashion-mnist": dict(val_split=0),
+    "synthetic": dict(val_split=0, max_iters=240, batch_size=64, eval_every=80),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m backbones.train",
+        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("arch", help="zoo model name (python -m backbones.summary lists them)")
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", choices=DATASETS, help="default: imagenet for ImageNet nets, cifar10 for CIFAR nets")
+    data.add_argument("--data", type=Path, help="dataset directory (ImageNet train/ and val/, cifar-10-batches-py, "
+                      "or Fashion-MNIST IDX files; default for Fashion-MNIST: /usr/share/datasets/fashion-mnist)")  # fmt: skip
+    data.add_argument("--val-split", type=int, help="hold out this many training images for validation; 0 = "
+                      "validate on the test split (recipe: 5000 on CIFAR-10, as §4.2's 45k/5k)")  # fmt: skip
+    data.add_argument("--workers", type=int, default=8, help="DataLoader workers (ImageNet)")
+    data.add_argument("--gpu-decode", action="store_true", help="decode ImageNet JPEGs on the GPU (torchvision.io)")
+    data.add_argument("--data-on-device", choices=("auto", "yes", "no"), default="auto",
+                      help="keep small in-memory datasets (CIFAR, Fashion-MNIST) and their augmentation on the GPU")  # fmt: skip
+    optim = parser.add_argument_group("optimisation (defaults: the paper's recipe for the model's family)")
+    optim.add_argument("--batch-size", type=int, help="global mini-batch size, split over processes")
+    optim.add_argument("--lr", type=float, help="initial learning rate")
+    optim.add_argument("--momentum", type=float)
+    optim.add_argument("--weight-decay", type=float)
+    optim.add_argument("--schedule", choices=SCHEDULES, help="step (÷10 at --milestones), plateau (÷10 when "
+                       "validation error stops improving, §3.4) or cosine")  # fmt: skip
+    optim.add_argument("--milestones", type=int, nargs="*", help="iterations where the step schedule divides lr by 10")
+    optim.add_argument("--patience", type=int, default=3, help="plateau: evaluations without improvement before ÷10")
+    optim.add_argument("--max-iters", type=int, help="training length in iterations")
+    optim.add_argument("--epochs", type=float, help="training length in epochs (instead of --max-iters)")
+    optim.add_argument("--warmup-lr", type=float, help="learning rate during warm-up")
+    optim.add_argument("--warmup-iters", type=int, default=0, help="fixed warm-up length")
+    optim.add_argument("--warmup-until-error", type=float, help="warm up until the training error (a fraction) is "
+                       "below this; recipe: 0.8 with lr 0.01 for CIFAR nets of 110+ layers (§4.2)")  # fmt: skip
+    model = parser.add_argument_group("model")
+    model.add_argument("--shortcut", choices=("A", "B", "C", "none"), help="override the shortcut option")
+    model.add_argument("--zero-init-residual", action="store_true")
+    model.add_argument("--sync-bn", action="store_true", help="synchronise BatchNorm statistics across processes")
+    run = parser.add_argument_group("run")
+    run.add_argument("--output", type=Path, help="run directory (default: runs/ARCH-DATASET)")
+    run.add_argument("--resume", action="store_true", help="continue the run in --output from its checkpoint")
+    run.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    run.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="mixed precision")
+    run.add_argument("--channels-last", action="store_true")
+    run.add_argument("--compile", action="store_true", help="torch.compile the model")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--deterministic", action="store_true", help="deterministic kernels (slower)")
+    run.add_argument("--log-every", type=int, default=50, help="iterations between logged training metrics")
+    run.add_argument("--eval-every", type=int, help="iterations between evaluations (0: every epoch)")
+    run.add_argument("--checkpoint-every", type=int, default=1000, help="iterations between checkpoints")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    return parser
+
+
+@dataclass
+class Data:
+    train: Any  # a BatchSource
+    val: Any
+    test: Any | None
+    class_names: list[str]
+    preprocess: Preprocess | None  # for in-memory datasets
+    channels: int
+
+
+def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The run's full configuration: the family's recipe, dataset changes, then the user's flags."""
+    entry = get_model_entry(args.arch)
+    config = dict(RECIPES[entry.family])
+    dataset = args.dataset or config["dataset"]
+    config.update(DATASET_OVERRIDES.get(dataset, {}))
+    config["dataset"] = dataset
+    for key in ("batch_size", "lr", "momentum", "weight_decay", "schedule", "val_split", "eval_every"):
+        if getattr(args, key) is not None:
+            config[key] = getattr(args, key)
+    config["max_iters_from_epochs"] = args.epochs
+    if args.max_iters is not None:
+        config["max_iters"] = args.max_iters
+    config["milestones"] = args.milestones
+    config["warmup_iters"] = args.warmup_iters
+    depth = int("".join(ch for ch in args.arch.split("_")[0] if ch.isdigit()) or 0)
+    config["warmup_until_error"] = args.warmup_until_error
+    if args.warmup_until_error is None and entry.family == "cifar" and depth >= 110:
+        config["warmup_until_error"] = 0.8  # §4.2: ResNet-110 (and 1202)
+    config["warmup_lr"] = args.warmup_lr if args.warmup_lr is not None else (0.01 if config["warmup_until_error"] else None)
+    config.update(arch=args.arch, family=entry.family, seed=args.seed, amp=args.amp, patience=args.patience,
+                  data=str(args.data) if args.data else None)  # fmt: skip
+    constructor: dict[str, Any] = {}
+    if args.shortcut:
+        constructor["shortcut"] = args.shortcut
+    if args.zero_init_residual:
+        constructor["zero_init_residual"] = True
+    config["constructor"] = constructor
+    return config
+
+
+def load_array_data(config: dict[str, Any]) -> tuple[ArrayDataset, ArrayDataset]:
+    name, root = config["dataset"], config["data"]
+    if name == "fashion-mnist":
+        return load_fashion_mnist(root, "train"), load_fashion_mnist(root, "test")
+    if name == "cifar10":
+        if root is None:
+            raise SystemExit("CIFAR-10 needs --data DIR (the cifar-10-batches-py directory or its parent)")
+        return load_cifar10(root, "train"), load_cifar10(root, "test")
+    return make_synthetic("train", seed=config["seed"]), make_synthetic("test", seed=config["seed"])
+
+
+def build_data(config: dict[str, Any], ctx: DistContext, data_on_device: str, workers: int, gpu_decode: bool) -> Data:
+    seed, batch = config["seed"], config["batch_size"]
+    if config["dataset"] == "imagenet":
+        from .imagenet import ImageFolderBatches, ImageFolderDataset
+
+        if config["data"] is None:
+            raise SystemExit("ImageNet needs --data DIR with train/<class>/*.JPEG and val/<class>/*.JPEG")
+        train_set, val_set = ImageFolderDataset(config["data"], "train"), ImageFolderDataset(config["data"], "val")
+        common = dict(rank=ctx.rank, world_size=ctx.world_size, num_workers=workers, gpu_decode=gpu_decode)
+        return Data(ImageFolderBatches(train_set, batch, train=True, seed=seed, **common),
+                    ImageFolderBatches(val_set, batch, train=False, seed=seed, **common),
+                    None, train_set.class_names, None, 3)  # fmt: skip
+    train_set, test_set = load_array_data(config)
+    if config["val_split"]:
+        train_set, val_set = train_val_split(train_set, config["val_split"], seed=seed)
+    else:
+        val_set = test_set
+    on_device = data_on_device == "yes" or (data_on_device == "auto" and ctx.device.type == "cuda")
+    if on_device:
+        train_set, val_set, test_set = (d.to(ctx.device) for d in (train_set, val_set, test_set))
+    mean, std = channel_stats(train_set)
+    size = max(32, train_set.images.shape[-1])
+    preprocess = Preprocess(size, train_set.channels, tuple(mean), tuple(std), pad_to=size)
+
+    def source(dataset: ArrayDataset, train: bool) -> ArrayBatches:
+        return ArrayBatches(dataset, batch, preprocess, CropFlip(4) if train else None, shuffle=train,
+                            drop_last=train, seed=seed, rank=ctx.rank, world_size=ctx.world_size)  # fmt: skip
+
+    test = source(test_set, False) if config["val_split"] else None
+    return Data(source(train_set, True), source(val_set, False), test, train_set.class_names, preprocess, train_set.channels)
+
+
+def finish_schedule(config: dict[str, Any], batches_per_epoch: int) -> LRSchedule:
+    if config["max_iters_from_epochs"] is not None:
+        config["max_iters"] = max(1, math.ceil(config["max_iters_from_epochs"] * batches_per_epoch))
+    if config["milestones"] is None:
+        config["milestones"] = [round(f * config["max_iters"]) for f in config["milestone_fractions"]]
+    return LRSchedule(config["lr"], config["schedule"], config["max_iters"], config["milestones"],
+                      patience=config["patience"], warmup_iters=config["warmup_iters"], warmup_lr=config["warmup_lr"],
+                      warmup_until_error=config["warmup_until_error"])  # fmt: skip
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on all weights, as the paper (and torchvision's ResNet recipe) does."""
+    return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        get_model_entry(args.arch)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
+    config = resolve_config(args)
+    ctx = init_distributed(args.device)
+    torch.manual_seed(config["seed"])
+    if args.deterministic:
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    elif ctx.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    output = args.output or Path("runs") / f"{args.arch}-{config['dataset']}"
+    try:
+        data = build_data(config, ctx, args.data_on_device, args.workers, args.gpu_decode)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"cannot load {config['dataset']}: {error}") from None
+    schedule = finish_schedule(config, len(data.train))
+    constructor = dict(config["constructor"], in_chans=data.channels)
+    config["constructor"] = constructor
+    model = create_model(args.arch, num_classes=len(data.class_names), **constructor)
+    if args.sync_bn and ctx.enabled:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    optimizer = torch.optim.SGD(parameter_groups(model, config["weight_decay"]), lr=config["lr"],
+                                momentum=config["momentum"])  # fmt: skip
+    engine_config = EngineConfig(output, config["max_iters"], log_every=args.log_every,
+                                 eval_every=config["eval_every"], checkpoint_every=args.checkpoint_every,
+                                 amp=args.amp, channels_last=args.channels_last, compile=args.compile,
+                                 progress=not args.no_progress)  # fmt: skip
+    config.update(engine=engine_config_dict(engine_config), class_names=data.class_names,
+                  preprocessing=data.preprocess.to_dict() if data.preprocess else None, world_size=ctx.world_size)  # fmt: skip
+    trainer = Trainer(model, optimizer, schedule, data.train, classification_step, engine_config,
+                      evaluate_fn=lambda m: evaluate_classifier(m, data.val.batches(0), ctx), ctx=ctx, run_config=config)  # fmt: skip
+    if ctx.is_main:
+        output.mkdir(parents=True, exist_ok=True)
+        if not args.resume:
+            atomic_write_text(output / "config.json", json.dumps(config, indent=1, default=str))
+        log.info("training %s on %s for %d iterations (%d per epoch), global batch %d, %d process(es) on %s -> %s",
+                 args.arch, config["dataset"], config["max_iters"], len(data.train), config["batch_size"],
+                 ctx.world_size, ctx.device, output)  # fmt: skip
+    try:
+        final = trainer.fit(resume=args.resume)
+    except (FileExistsError, ValueError) as error:
+        raise SystemExit(str(error)) from None
+    test = evaluate_classifier(trainer.model, data.test.batches(0), ctx) if data.test is not None else final
+    if ctx.is_main:
+        save_weights(trainer.model, output / "final.safetensors", metadata={"arch": args.arch, "dataset": config["dataset"]})
+        from .analysis import plot_runs
+
+        plot_runs({args.arch: output}, output / "curves.png", title=f"{args.arch} on {config['dataset']}")
+        split = "test" if data.test is not None or config["val_split"] == 0 else "validation"
+        print(f"{args.arch} on {config['dataset']}: {split} top-1 error {test['top1_err']:.2f}% "
+              f"(accuracy {100 - test['top1_err']:.2f}%, chance {100 / len(data.class_names):.0f}%) "
+              f"on {int(test['images'])} images after {trainer.iteration} iterations")  # fmt: skip
+        print(f"run directory: {output} (final.safetensors, curves.png, metrics.jsonl, tensorboard/)")
+    cleanup(ctx)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

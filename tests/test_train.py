@@ -1,0 +1,133 @@
+"""The trainer end to end: CLI runs, exact resume after SIGKILL, torchrun DDP, checkpoint errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from backbones.engine import read_checkpoint
+from backbones.train import main as train_main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["resnet20", "--dataset", "synthetic", "--batch-size", "16", "--no-progress", "--device", "cpu"]
+
+
+def _env(threads: int = 1) -> dict:
+    return dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=str(ROOT))
+
+
+def _records(run: Path, kind: str) -> list[dict]:
+    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]
+
+
+def test_cli_run_learns_and_writes_everything(tmp_path, capsys):
+    run = tmp_path / "run"
+    train_main(["resnet20", "--dataset", "synthetic", "--max-iters", "120", "--batch-size", "32", "--lr", "0.05",
+                "--log-every", "20", "--eval-every", "60", "--no-progress", "--output", str(run)])  # fmt: skip
+    out = capsys.readouterr().out
+    error = float(out.split("test top-1 error ")[1].split("%")[0])
+    assert error < 60, out  # chance is 90 % error
+    config = json.loads((run / "config.json").read_text())
+    assert config["batch_size"] == 32 and config["milestones"] == [60, 90]  # the recipe's ÷10 at 50 % and 75 %
+    assert config["constructor"] == {"in_chans": 3} and config["preprocessing"]["input_size"] == 32
+    train, evals = _records(run, "train"), _records(run, "eval")
+    assert [r["iteration"] for r in train] == [20, 40, 60, 80, 100, 120]
+    assert [r["lr"] for r in train] == pytest.approx([0.05, 0.05, 0.05, 0.005, 0.0005, 0.0005])  # lr of the last step
+    assert [r["iteration"] for r in evals] == [60, 120] and evals[-1]["top1_err"] == pytest.approx(error, abs=0.01)
+    assert all(0 <= r["error"] <= 1 and r["images_per_s"] > 0 for r in train)
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert any((run / "tensorboard").iterdir())
+    weights = load_file(run / "final.safetensors")
+    assert weights["fc.weight"].shape == (10, 64)
+    state = read_checkpoint(run / "checkpoint.pt")
+    assert state["iteration"] == 120
+    torch.testing.assert_close(state["model"]["fc.weight"], weights["fc.weight"])
+
+
+def test_sigkill_then_resume_ends_with_exactly_the_same_weights(tmp_path):
+    args = [sys.executable, "-m", "backbones.train", *TINY, "--max-iters", "40", "--checkpoint-every", "5",
+            "--log-every", "5", "--eval-every", "20", "--lr", "0.05", "--deterministic"]  # fmt: skip
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    subprocess.run([*args, "--output", str(reference)], check=True, env=_env(), capture_output=True, timeout=300)
+
+    process = subprocess.Popen([*args, "--output", str(resumed)], env=_env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:  # kill soon after the 3rd checkpoint
+        if (resumed / "metrics.jsonl").exists() and len(_records(resumed, "train")) >= 3:
+            break
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait(timeout=60) == -signal.SIGKILL
+    assert not (resumed / "final.safetensors").exists()
+    killed_at = read_checkpoint(resumed / "checkpoint.pt")["iteration"]
+    assert 0 < killed_at < 40
+
+    result = subprocess.run([*args, "--output", str(resumed), "--resume"], env=_env(), capture_output=True,
+                            text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    expected, actual = load_file(reference / "final.safetensors"), load_file(resumed / "final.safetensors")
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=0, msg=key)
+    assert [r["iteration"] for r in _records(resumed, "train")] == list(range(5, 45, 5))  # no duplicated records
+
+
+def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path):
+    common = [*TINY, "--max-iters", "12", "--batch-size", "32", "--lr", "0.02", "--log-every", "2", "--eval-every", "12"]
+    single, double = tmp_path / "single", tmp_path / "double"
+    subprocess.run([sys.executable, "-m", "backbones.train", *common, "--output", str(single)], check=True,
+                   env=_env(2), capture_output=True, timeout=300)  # fmt: skip
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                             "29517", "-m", "backbones.train", *common, "--output", str(double)],
+                            env=_env(1), capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.loads((double / "config.json").read_text())
+    assert config["world_size"] == 2
+    one = [r["loss"] for r in _records(single, "train")]
+    two = [r["loss"] for r in _records(double, "train")]
+    assert len(one) == len(two) == 6
+    # Same images and augmentation; only BatchNorm statistics (per process of 16 vs 32) differ.
+    assert two == pytest.approx(one, rel=0.05)
+    assert one[0] == pytest.approx(two[0], rel=0.01)
+
+
+def test_existing_run_without_resume_is_refused_and_bad_checkpoints_are_explained(tmp_path):
+    run = tmp_path / "run"
+    train_main([*TINY, "--max-iters", "2", "--log-every", "1", "--output", str(run)])
+    with pytest.raises(SystemExit, match="exists: pass --resume"):
+        train_main([*TINY, "--max-iters", "2", "--output", str(run)])
+    checkpoint = run / "checkpoint.pt"
+    data = checkpoint.read_bytes()
+    checkpoint.write_bytes(data[: len(data) // 3])
+    with pytest.raises(SystemExit, match=r"checkpoint.pt \(\d+ bytes\) cannot be read, truncated or corrupt"):
+        train_main([*TINY, "--max-iters", "4", "--output", str(run), "--resume"])
+    torch.save({"fc.weight": torch.zeros(1)}, checkpoint)
+    with pytest.raises(SystemExit, match="not a training checkpoint of this project"):
+        train_main([*TINY, "--max-iters", "4", "--output", str(run), "--resume"])
+    with pytest.raises(SystemExit, match="no checkpoint at"):
+        train_main([*TINY, "--max-iters", "4", "--output", str(tmp_path / "new"), "--resume"])
+
+
+def test_resume_refuses_a_checkpoint_of_another_architecture(tmp_path):
+    run = tmp_path / "run"
+    train_main([*TINY, "--max-iters", "1", "--output", str(run)])
+    args = ["resnet32", *TINY[1:], "--max-iters", "2", "--output", str(run), "--resume"]
+    with pytest.raises(SystemExit, match="arch='resnet20'"):
+        train_main(args)
+
+
+def test_unknown_architecture_and_missing_data_are_clear_errors(tmp_path):
+    with pytest.raises(SystemExit, match="unknown model 'resnet21'"):
+        train_main(["resnet21", "--dataset", "synthetic"])
+    with pytest.raises(SystemExit, match="CIFAR-10 needs --data"):
+        train_main(["resnet20", "--dataset", "cifar10", "--output", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="missing train-images-idx3-ubyte"):
+        train_main(["resnet20", "--dataset", "fashion-mnist", "--data", str(tmp_path), "--output", str(tmp_path / "y")])

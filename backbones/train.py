@@ -160,7 +160,8 @@ def build_data(config: dict[str, Any], ctx: DistContext, data_on_device: str, wo
 
         if config["data"] is None:
             raise SystemExit("ImageNet needs --data DIR with train/<class>/*.JPEG and val/<class>/*.JPEG")
-        train_set, val_set = ImageFolderDataset(config["data"], "train"), ImageFolderDataset(config["data"], "val")
+        train_set = ImageFolderDataset(config["data"], "train")
+        val_set = ImageFolderDataset(config["data"], "val", class_names=train_set.class_names)
         common = dict(rank=ctx.rank, world_size=ctx.world_size, num_workers=workers, gpu_decode=gpu_decode)
         return Data(ImageFolderBatches(train_set, batch, train=True, seed=seed, **common),
                     ImageFolderBatches(val_set, batch, train=False, seed=seed, **common),

@@ -131,3 +131,28 @@ def test_unknown_architecture_and_missing_data_are_clear_errors(tmp_path):
         train_main(["resnet20", "--dataset", "cifar10", "--output", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="missing train-images-idx3-ubyte"):
         train_main(["resnet20", "--dataset", "fashion-mnist", "--data", str(tmp_path), "--output", str(tmp_path / "y")])
+
+
+def test_imagenet_folder_training_through_the_cli(tmp_path, capsys):
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(0)
+    for split, count in (("train", 4), ("val", 2)):
+        for name in ("n01440764", "n01443537"):
+            folder = tmp_path / "imagenet" / split / name
+            folder.mkdir(parents=True)
+            for index in range(count):
+                pixels = (torch.rand(300, 260, 3, generator=generator) * 255).to(torch.uint8).numpy()
+                Image.fromarray(pixels).save(folder / f"{index}.JPEG")
+    (tmp_path / "imagenet" / "train" / "n01440764" / "broken.JPEG").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    run = tmp_path / "run"
+    with pytest.warns(UserWarning, match="broken.JPEG: skipping unreadable image"):
+        train_main(["resnet18", "--data", str(tmp_path / "imagenet"), "--max-iters", "3", "--batch-size", "4",
+                    "--workers", "0", "--log-every", "1", "--no-progress", "--output", str(run)])  # fmt: skip
+    config = json.loads((run / "config.json").read_text())
+    assert config["dataset"] == "imagenet" and config["schedule"] == "plateau" and config["momentum"] == 0.9
+    assert config["class_names"] == ["n01440764", "n01443537"]
+    evals = _records(run, "eval")
+    assert evals[-1]["images"] == 4 and evals[-1]["iteration"] == 3
+    assert any(r.get("skipped_images") == 1 for r in _records(run, "data"))
+    assert "top-1 error" in capsys.readouterr().out

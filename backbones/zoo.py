@@ -1,0 +1,90 @@
+"""``python -m backbones.zoo``: list the zoo, or add a trained run to it.
+
+``add RUN_DIR --id ID`` evaluates the run's ``final.safetensors`` with ``backbones.evaluate`` on the
+dataset's test split, copies the weights to ``weights/ID.safetensors`` and writes the record
+(architecture, constructor options, classes, preprocessing, recipe, the measured metrics with the
+command that reproduces them, sha256, size) into ``weights/zoo.json``. Both files are written
+atomically; the new record is then loaded back through ``create_model`` to prove it works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from .evaluate import evaluate
+from .fileio import atomic_path, atomic_write_text, sha256_of
+from .registry import create_model
+from .weights import read_zoo, zoo_path
+
+RECIPE_KEYS = ("batch_size", "lr", "momentum", "weight_decay", "schedule", "milestones", "max_iters", "val_split",
+               "warmup_lr", "warmup_until_error", "seed", "amp", "world_size")  # fmt: skip
+
+
+def add_run(run_dir: Path, zoo_id: str, zoo: Path | None = None, device: str = "auto") -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    zoo = Path(zoo) if zoo is not None else zoo_path()
+    config_path, weights_path = run_dir / "config.json", run_dir / "final.safetensors"
+    for needed in (config_path, weights_path):
+        if not needed.is_file():
+            raise FileNotFoundError(f"{needed} is missing: is {run_dir} a finished backbones.train run?")
+    config = json.loads(config_path.read_text())
+    if zoo_id in read_zoo(zoo):
+        raise ValueError(f"{zoo}: id {zoo_id!r} already exists")
+    metrics = evaluate(config["arch"], [str(weights_path)], config["dataset"],
+                       Path(config["data"]) if config.get("data") else None, device=device)  # fmt: skip
+    target = zoo.parent / f"{zoo_id}.safetensors"
+    with atomic_path(target) as tmp:
+        shutil.copyfile(weights_path, tmp)
+    data_flag = f" --data {config['data']}" if config.get("data") else ""
+    record = {
+        "id": zoo_id,
+        "arch": config["arch"],
+        "constructor": config["constructor"],
+        "dataset": config["dataset"],
+        "class_names": config["class_names"],
+        "preprocessing": config["preprocessing"],
+        "recipe": {key: config.get(key) for key in RECIPE_KEYS},
+        "metrics": {"top1_err": metrics["top1_err"], "top5_err": metrics["top5_err"], "images": metrics["images"],
+                    "split": "test", "protocol": metrics["protocol"],
+                    "command": f"python -m backbones.evaluate {config['arch']} --weights {zoo_id} "
+                               f"--dataset {config['dataset']}{data_flag}"},  # fmt: skip
+        "file": target.name,
+        "sha256": sha256_of(target),
+        "size": target.stat().st_size,
+    }
+    manifest = json.loads(zoo.read_text()) if zoo.exists() else {"format_version": 1, "weights": []}
+    manifest["weights"].append(record)
+    atomic_write_text(zoo, json.dumps(manifest, indent=1) + "\n")
+    create_model(config["arch"], weights=zoo_id)  # the record must load (and verify) before we say it is there
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m backbones.zoo", description=__doc__.split("\n\n", 1)[1])
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", help="the zoo's weights and their measured metrics")
+    add = commands.add_parser("add", help="evaluate a finished run and add its weights to the zoo")
+    add.add_argument("run_dir", type=Path)
+    add.add_argument("--id", required=True, help="zoo id, e.g. resnet20_fashion_mnist")
+    add.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        for record in read_zoo().values():
+            print(f"{record.id:<28} {record.arch:<10} {record.dataset:<14} top-1 err {record.metrics.get('top1_err')}%  "
+                  f"({record.metrics.get('command')})")  # fmt: skip
+        return 0
+    try:
+        record = add_run(args.run_dir, args.id, device=args.device)
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"error: {error}") from None
+    print(f"added {record['id']}: {record['arch']} on {record['dataset']}, top-1 error {record['metrics']['top1_err']}% "
+          f"({record['metrics']['command']})")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,98 @@
+"""backbones.evaluate and backbones.zoo on a short real training run."""
+
+import json
+
+import pytest
+import torch
+
+from backbones import create_model
+from backbones.evaluate import evaluate
+from backbones.evaluate import main as evaluate_main
+from backbones.train import main as train_main
+from backbones.weights import read_zoo
+from backbones.zoo import add_run
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "r20"
+    train_main(["resnet20", "--dataset", "synthetic", "--max-iters", "60", "--batch-size", "32", "--lr", "0.05",
+                "--log-every", "20", "--eval-every", "60", "--no-progress", "--output", str(run)])  # fmt: skip
+    return run
+
+
+def test_evaluate_a_run_matches_the_trainers_final_evaluation(trained_run, capsys):
+    trainer_eval = [json.loads(l) for l in (trained_run / "metrics.jsonl").read_text().splitlines()][-1]
+    assert trainer_eval["kind"] == "eval"
+    result = evaluate("resnet20", [str(trained_run)], "synthetic")
+    assert result["images"] == 1000
+    assert result["top1_err"] == pytest.approx(trainer_eval["top1_err"], abs=0.01)
+    assert result["top5_err"] <= result["top1_err"] < 90
+    assert evaluate_main(["resnet20", "--weights", str(trained_run / "final.safetensors"), "--dataset", "synthetic"]) == 0
+    assert f"top-1 error {result['top1_err']:.2f}%" in capsys.readouterr().out
+
+
+def test_ensemble_averages_scores(trained_run, tmp_path):
+    single = evaluate("resnet20", [str(trained_run)], "synthetic")
+    twice = evaluate("resnet20", [str(trained_run), str(trained_run / "final.safetensors")], "synthetic")
+    assert twice["top1_err"] == single["top1_err"]  # the same model twice: the same averaged scores
+    out = tmp_path / "result.json"
+    evaluate_main(["resnet20", "--weights", str(trained_run), "--weights", str(trained_run), "--dataset", "synthetic",
+                   "--json", str(out)])  # fmt: skip
+    saved = json.loads(out.read_text())
+    assert saved["top1_err"] == single["top1_err"] and saved["command"].startswith("python -m backbones.evaluate resnet20")
+
+
+def test_zoo_add_records_the_evaluated_metric_and_loads_back(trained_run, tmp_path, monkeypatch):
+    zoo = tmp_path / "weights" / "zoo.json"
+    zoo.parent.mkdir()
+    monkeypatch.setenv("BACKBONES_ZOO", str(zoo))
+    record = add_run(trained_run, "resnet20_synthetic")
+    assert record["metrics"]["command"] == "python -m backbones.evaluate resnet20 --weights resnet20_synthetic --dataset synthetic"
+    assert record["preprocessing"]["input_size"] == 32 and record["recipe"]["batch_size"] == 32
+    assert (zoo.parent / "resnet20_synthetic.safetensors").stat().st_size == record["size"]
+    assert list(read_zoo(zoo)) == ["resnet20_synthetic"]
+    by_id = evaluate("resnet20", ["resnet20_synthetic"], "synthetic")
+    assert by_id["top1_err"] == record["metrics"]["top1_err"]
+    model = create_model("resnet20", weights="resnet20_synthetic")
+    assert model.num_classes == 10
+    with pytest.raises(ValueError, match="already exists"):
+        add_run(trained_run, "resnet20_synthetic")
+
+
+def test_evaluate_errors(trained_run, tmp_path):
+    with pytest.raises(SystemExit, match="the run trained resnet20, not resnet56"):
+        evaluate_main(["resnet56", "--weights", str(trained_run), "--dataset", "synthetic"])
+    with pytest.raises(SystemExit, match="use --protocol center"):
+        evaluate_main(["resnet20", "--weights", str(trained_run), "--dataset", "synthetic", "--protocol", "10crop"])
+    plain = tmp_path / "plain.pth"
+    torch.save(create_model("resnet20").state_dict(), plain)
+    with pytest.raises(SystemExit, match="carries no preprocessing record"):
+        evaluate_main(["resnet20", "--weights", str(plain), "--dataset", "synthetic"])
+
+
+def test_imagenet_protocols_on_a_tiny_val_folder(tmp_path):
+    from PIL import Image
+
+    from backbones.imagenet import ImageFolderDataset, center_crop_views
+
+    rng = torch.Generator().manual_seed(0)
+    for label, name in enumerate(("n01", "n02")):
+        (tmp_path / "val" / name).mkdir(parents=True)
+        for index in range(2):
+            pixels = (torch.rand(260, 300, 3, generator=rng) * 255).to(torch.uint8).numpy()
+            Image.fromarray(pixels).save(tmp_path / "val" / name / f"{index}.JPEG")
+    torch.manual_seed(0)
+    model = create_model("resnet18", num_classes=2).eval()
+    weights = tmp_path / "r18.pth"
+    torch.save(model.state_dict(), weights)
+    dataset = ImageFolderDataset(tmp_path, "val")
+    with torch.no_grad():
+        expected_wrong = sum(int(model(center_crop_views(img)).argmax(1).item() != label) for img, label in
+                             (dataset[i] for i in range(len(dataset))))  # fmt: skip
+    center = evaluate("resnet18", [str(weights)], "imagenet", tmp_path, "center")
+    assert center["images"] == 4 and center["top1_err"] == 100 * expected_wrong / 4
+    assert center["top5_err"] == 0  # two classes: the label is always in the top 5
+    for protocol in ("10crop", "multiscale"):
+        result = evaluate("resnet18", [str(weights)], "imagenet", tmp_path, protocol)
+        assert result["images"] == 4 and result["top1_err"] in (0, 25, 50, 75, 100)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .datasets import ArrayDataset
+from .sampling import EpochPlan, batch_generator
 
 
 @dataclass(frozen=True)
@@ -71,10 +72,6 @@ class CropFlip:
         return padded[batch, channel, rows, cols]
 
 
-def batch_generator(seed: int, epoch: int, index: int) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + index)
-
-
 @dataclass
 class ArrayBatches:
     """Batches of an in-memory dataset: a seeded permutation per epoch, split over processes.
@@ -99,21 +96,19 @@ class ArrayBatches:
             raise ValueError(f"global batch {self.batch_size} is not divisible by {self.world_size} processes")
         if self.drop_last and len(self.dataset) < self.batch_size:
             raise ValueError(f"{self.dataset.name}: {len(self.dataset)} images are fewer than one batch of {self.batch_size}")
+        # The plan of global batches; this process's share is cut after augmentation (see batches).
+        self.plan = EpochPlan(len(self.dataset), self.batch_size, shuffle=self.shuffle, drop_last=self.drop_last,
+                              seed=self.seed, rank=0, world_size=1)  # fmt: skip
 
     def __len__(self) -> int:
-        full, rest = divmod(len(self.dataset), self.batch_size)
-        return full if self.drop_last or not rest else full + 1
+        return len(self.plan)
 
     @property
     def num_samples(self) -> int:
         return len(self) * self.batch_size if self.drop_last else len(self.dataset)
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        device = self.dataset.images.device
-        if self.shuffle:
-            order = torch.randperm(len(self.dataset), generator=batch_generator(self.seed, epoch, -1)).to(device)
-        else:
-            order = torch.arange(len(self.dataset), device=device)
+        order = self.plan.order(epoch).to(self.dataset.images.device)
         for index in range(start, len(self)):
             global_indices = order[index * self.batch_size : (index + 1) * self.batch_size]
             x = self.preprocess(self.dataset.images[global_indices])

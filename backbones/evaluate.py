@@ -30,7 +30,7 @@ from .datasets import ArrayDataset, load_cifar10, load_fashion_mnist, make_synth
 from .distributed import pick_device
 from .fileio import atomic_write_text
 from .registry import create_model
-from .weights import load_state_dict_file, read_zoo
+from .weights import read_zoo
 
 DATASETS = ("imagenet", "cifar10", "fashion-mnist", "synthetic")
 PROTOCOLS = ("center", "10crop", "multiscale")
@@ -60,11 +60,7 @@ def load_model(arch: str, weights: str) -> LoadedModel:
         model = create_model(arch, num_classes=len(config["class_names"]), weights=file, **config["constructor"])
         return LoadedModel(model, str(file), config["class_names"], config.get("preprocessing"), config.get("seed", 0))
     if path.exists() or path.suffix in (".safetensors", ".pth", ".pt", ".bin"):
-        state = load_state_dict_file(path)
-        fc, stem = state.get("fc.weight"), state.get("conv1.weight")
-        options = {"in_chans": int(stem.shape[1])} if stem is not None else {}
-        model = create_model(arch, num_classes=int(fc.shape[0]) if fc is not None else None, weights=path, **options)
-        return LoadedModel(model, str(path), None, None)
+        return LoadedModel(create_model(arch, weights=path), str(path), None, None)
     record = read_zoo().get(weights)
     model = create_model(arch, weights=weights)
     return LoadedModel(model, weights, record.class_names if record else None, record.preprocessing if record else None)

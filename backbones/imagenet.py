@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as F
 
-from .augment import batch_generator
+from .sampling import EpochPlan
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -330,45 +330,6 @@ class _Collate:
             return torch.empty((0, *self.image_shape)), torch.empty(0, dtype=torch.int64), skipped
         images = torch.stack([image for image, _ in kept])
         return images, torch.tensor([label for _, label in kept], dtype=torch.int64), skipped
-
-
-class EpochPlan:
-    """Which dataset indices each batch of an epoch holds, for one process.
-
-    The epoch's order is a permutation seeded by (seed, epoch), as in ArrayBatches; each of
-    ``world_size`` processes takes its contiguous share of every global batch. Iterating yields,
-    for batches ``start`` … end of ``epoch``, lists of (epoch, index) keys (the DataLoader's
-    batch sampler).
-    """
-
-    def __init__(self, num_samples: int, batch_size: int, *, shuffle: bool, drop_last: bool, seed: int,
-                 rank: int, world_size: int) -> None:  # fmt: skip
-        self.num_samples, self.batch_size, self.shuffle, self.drop_last = num_samples, batch_size, shuffle, drop_last
-        self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.epoch, self.start = 0, 0
-
-    def __len__(self) -> int:
-        full, rest = divmod(self.num_samples, self.batch_size)
-        return full if self.drop_last or not rest else full + 1
-
-    def order(self, epoch: int) -> torch.Tensor:
-        if self.shuffle:
-            return torch.randperm(self.num_samples, generator=batch_generator(self.seed, epoch, -1))
-        return torch.arange(self.num_samples)
-
-    def share(self, order: torch.Tensor, batch: int) -> list[int]:
-        local = self.batch_size // self.world_size
-        first = batch * self.batch_size + self.rank * local
-        last = min(first + local, (batch + 1) * self.batch_size)
-        return order[first:last].tolist()
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        return self.keys(self.epoch, self.start)
-
-    def keys(self, epoch: int, start: int = 0) -> Iterator[list[tuple[int, int]]]:
-        order = self.order(epoch)
-        for batch in range(start, len(self)):
-            yield [(epoch, index) for index in self.share(order, batch)]
 
 
 class ImageFolderBatches:

@@ -71,7 +71,8 @@ def create_model(
 
     ``weights`` is a zoo id from ``weights/zoo.json`` (its record supplies the constructor options
     and class count; the file's sha256 is verified) or a path to a ``.safetensors`` file or a
-    torchvision/timm ``.pth`` state dict. ``overrides`` are constructor options: ``shortcut``
+    torchvision/timm ``.pth`` state dict (its fc and conv1 shapes give the class and input-channel
+    counts unless they are passed). ``overrides`` are constructor options: ``shortcut``
     (A/B/C/none), ``stride_in_1x1``, ``zero_init_residual``, ``in_chans``.
     """
     entry = get_model_entry(name)
@@ -93,6 +94,12 @@ def create_model(
                 f"weights {source.record.id!r} have {record_classes} classes, but num_classes={num_classes} was asked for"
             )
         num_classes = record_classes
+    elif source is not None:  # a plain file: its shapes say what it was trained for
+        fc, stem = source.state_dict.get("fc.weight"), source.state_dict.get("conv1.weight")
+        if num_classes is None and fc is not None and fc.dim() == 2:
+            num_classes = int(fc.shape[0])
+        if "in_chans" not in options and stem is not None and stem.dim() == 4:
+            options["in_chans"] = int(stem.shape[1])
     if num_classes is not None:
         options["num_classes"] = num_classes
     model = entry.builder(**options)

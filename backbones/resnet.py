@@ -223,19 +223,18 @@ class ResNet(nn.Module):
             in_chans=in_chans, num_classes=num_classes,
         )  # fmt: skip
 
+        if stem not in ("imagenet", "cifar"):
+            raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
+        # Registration order is execution order: torchvision's IntermediateLayerGetter relies on it.
         stem_width = widths[0]
         if stem == "imagenet":
             self.conv1 = nn.Conv2d(in_chans, stem_width, 7, stride=2, padding=3, bias=False)
-            self.maxpool: nn.Module = nn.MaxPool2d(3, stride=2, padding=1)
-            stride = 4
-        elif stem == "cifar":
-            self.conv1 = conv3x3(in_chans, stem_width)
-            self.maxpool = nn.Identity()
-            stride = 1
         else:
-            raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
+            self.conv1 = conv3x3(in_chans, stem_width)
         self.bn1 = nn.BatchNorm2d(stem_width)
         self.relu = nn.ReLU(inplace=True)
+        self.maxpool: nn.Module = nn.MaxPool2d(3, stride=2, padding=1) if stem == "imagenet" else nn.Identity()
+        stride = 4 if stem == "imagenet" else 1
 
         self.feature_info: list[FeatureSpec] = []
         channels = stem_width

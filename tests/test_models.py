@@ -196,3 +196,17 @@ def test_wrong_channel_count_and_wrong_rank_give_clear_errors():
         model(torch.randn(3, 64, 64))
     with pytest.raises(TypeError, match="torch.Tensor"):
         model([[1.0]])
+
+
+@pytest.mark.parametrize("name", ["resnet50", "resnet20"])
+def test_children_are_registered_in_execution_order(name):
+    """Sequential consumers (torchvision's IntermediateLayerGetter) run the children in this order."""
+    model = create_model(name).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        y = x
+        for child_name, child in model.named_children():
+            if child_name == "fc":
+                y = torch.flatten(y, 1)
+            y = child(y)
+        torch.testing.assert_close(y, model(x))

@@ -12,7 +12,6 @@ DataLoader workers or the number of processes.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import warnings
@@ -28,7 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as F
 
-from .sampling import EpochPlan
+from .sampling import EpochPlan, sample_generator
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -68,12 +67,6 @@ def _reason(error: BaseException) -> str:
 
 def warn_skipped(path: Path, reason: str) -> None:
     warnings.warn(f"{path}: skipping unreadable image ({reason})", stacklevel=2)
-
-
-def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
-    """The generator for one sample's augmentation; distinct for every (seed, epoch, index)."""
-    digest = hashlib.blake2b(f"{seed}/{epoch}/{index}".encode(), digest_size=8).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest, "little"))
 
 
 # ---------------------------------------------------------------- the folder tree

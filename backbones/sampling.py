@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Iterator
 
 import torch
@@ -10,6 +11,12 @@ import torch
 def batch_generator(seed: int, epoch: int, index: int) -> torch.Generator:
     """A generator that depends only on (seed, epoch, index): the epoch's order (index -1) or a batch."""
     return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + index)
+
+
+def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    """The generator for one sample's augmentation; distinct for every (seed, epoch, index)."""
+    digest = hashlib.blake2b(f"{seed}/{epoch}/{index}".encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little"))
 
 
 class EpochPlan:

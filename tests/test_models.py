@@ -30,6 +30,18 @@ def test_torchvision_state_dict_loads_strict_and_outputs_are_identical(depth):
     torch.testing.assert_close(actual, expected, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("depth", IMAGENET_DEPTHS)
+def test_timm_state_dict_loads_strict_and_outputs_are_identical(depth):
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(depth)
+    reference = timm.create_model(f"resnet{depth}", pretrained=False).eval()
+    model = create_model(f"resnet{depth}").eval()
+    model.load_state_dict(reference.state_dict(), strict=True)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize(
     "name, params_m",
     [("resnet20", 0.27), ("resnet32", 0.46), ("resnet44", 0.66), ("resnet56", 0.85), ("resnet110", 1.7), ("resnet1202", 19.4)],

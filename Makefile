@@ -13,6 +13,7 @@ $(STAMP): pyproject.toml
 
 # Train ResNet-20 on a dataset the code generates (no download) and print its held-out accuracy.
 quickstart: $(STAMP)
+	rm -rf runs/quickstart
 	$(BIN)/python -m backbones.train resnet20 --dataset synthetic --output runs/quickstart
 
 test: $(STAMP)

@@ -1,0 +1,175 @@
+"""``python -m detection.eval --backbone ARCH --weights RUN --dataset D --data-root R``: run a trained
+detector and print the paper's Table 7 (VOC mAP) or Table 8 (COCO mAP@.5, mAP@[.5,.95]) layout
+with the paper's numbers beside the measured ones.
+
+* ``--weights``: a ``detection.train`` run directory (or its ``final.safetensors``).
+* ``--detections PATH`` scores precomputed results with no model, like the devkit and the COCO
+  evaluation server: a directory of ``comp4_det_<split>_<class>.txt`` files (VOC) or a COCO
+  results JSON.
+* When a model runs, the same files are written under ``--output`` so other tools can score them.
+* ``--json OUT`` writes the numbers (percent) as in the project's contract; ``--visualize N``
+  writes N PNGs with predicted (red) and ground-truth (green) boxes and class names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from backbones.distributed import pick_device
+from backbones.fileio import atomic_path, atomic_write_text
+
+from .catalog import TEST_DATASETS, default_metric, evaluation_sets
+from .coco_eval import evaluate_coco
+from .inference import Prediction, evaluate_test_set
+from .voc_eval import METRICS, evaluate_detections, read_devkit_results
+
+# The paper's Tables 7 and 8 (Faster R-CNN baselines), for the layout.
+PAPER_VOC = {"voc07-test": [("VGG-16", "07+12", 73.2), ("ResNet-101", "07+12", 76.4)],
+             "voc12-test": [("VGG-16", "07++12", 70.4), ("ResNet-101", "07++12", 73.8)]}  # fmt: skip
+PAPER_COCO = [("VGG-16", 41.5, 21.2), ("ResNet-101", 48.4, 27.2)]
+
+
+def load_run(weights: Path) -> tuple[dict[str, Any], Path]:
+    run = weights if weights.is_dir() else weights.parent
+    config_path = run / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} is missing: --weights must be a detection.train run directory")
+    config = json.loads(config_path.read_text())
+    if "design" not in config or "class_names" not in config:
+        raise ValueError(f"{config_path} is not a detection.train config (no 'design' / 'class_names')")
+    return config, weights if weights.is_file() else run / "final.safetensors"
+
+
+def load_detector(backbone: str, weights: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    from backbones.weights import load_state_dict_file
+    from backbones.weights import check_state_dict
+
+    from .train import build_detector
+
+    config, file = load_run(weights)
+    if config["backbone"] != backbone:
+        raise ValueError(f"{weights}: the run trained a {config['backbone']} detector, not {backbone}")
+    model = build_detector(config, len(config["class_names"]), load_backbone_weights=False)
+    state = load_state_dict_file(file)
+    check_state_dict(model, state, str(file))
+    model.load_state_dict(state)
+    return model.eval(), config
+
+
+def voc_table(dataset: str, result: dict[str, Any], label: str) -> str:
+    lines = [f"Table 7 layout: detection mAP (%) on {dataset}, metric {result['metric']}",
+             f"{'method':<34} {'training data':<14} {'mAP':>6}"]  # fmt: skip
+    for method, data, value in PAPER_VOC.get(dataset, []):
+        lines.append(f"{method + ' (paper)':<34} {data:<14} {value:>6.1f}")
+    lines.append(f"{label:<34} {'':<14} {result['mAP']:>6.1f}")
+    classes = list(result["AP"].items())
+    for start in range(0, len(classes), 7):
+        lines.append("  " + "  ".join(f"{name} {ap:.1f}" for name, ap in classes[start : start + 7]))
+    return "\n".join(lines)
+
+
+def coco_table(result: dict[str, float], label: str) -> str:
+    lines = ["Table 8 layout: COCO-style detection (%)", f"{'method':<34} {'mAP@.5':>8} {'mAP@[.5,.95]':>13}"]
+    for method, ap50, ap in PAPER_COCO:
+        lines.append(f"{method + ' (paper, COCO val)':<34} {ap50:>8.1f} {ap:>13.1f}")
+    lines.append(f"{label:<34} {result['AP50']:>8.1f} {result['AP']:>13.1f}")
+    lines.append(f"  AP75 {result['AP75']:.1f}  APs {result['APs']:.1f}  APm {result['APm']:.1f}  APl {result['APl']:.1f}")
+    return "\n".join(lines)
+
+
+def visualize(predictions: list[Prediction], dataset: Any, directory: Path, count: int, threshold: float = 0.5) -> list[Path]:
+    """PNGs with ground truth (green) and detections above ``threshold`` (red), labelled."""
+    from PIL import Image
+    from torchvision.utils import draw_bounding_boxes
+
+    names = list(dataset.class_names)
+    written = []
+    for index, prediction in enumerate(predictions[:count]):
+        image, target = dataset[index]
+        canvas = draw_bounding_boxes(image, target["boxes"], [names[int(l) - 1] for l in target["labels"]],
+                                     colors="lime", width=1)  # fmt: skip
+        keep = prediction.scores >= threshold
+        if keep.any():
+            labels = [f"{names[int(l) - 1]} {s:.2f}" for l, s in zip(prediction.labels[keep], prediction.scores[keep])]
+            canvas = draw_bounding_boxes(canvas, torch.as_tensor(prediction.boxes[keep]), labels, colors="red", width=1)
+        path = directory / f"{prediction.image_id}.png"
+        with atomic_path(path) as tmp:
+            Image.fromarray(canvas.permute(1, 2, 0).numpy()).save(tmp, format="PNG")
+        written.append(path)
+    return written
+
+
+def score_precomputed(dataset: str, root: Path, detections: Path, metric: str) -> dict[str, Any]:
+    sets = evaluation_sets(dataset, root)
+    if detections.is_dir():
+        if "voc" not in sets:
+            raise ValueError(f"{detections} is a directory of devkit files, but {dataset} is scored with COCO results JSON")
+        voc = sets["voc"]
+        found = read_devkit_results(detections, "test", list(voc.class_names))
+        return {"voc": evaluate_detections(found, voc.evaluation_ground_truth(), list(voc.class_names), metric)}
+    if "coco" not in sets:
+        raise ValueError(f"{detections} is a file; {dataset} is scored from a directory of comp4_det_test_<class>.txt files")
+    return {"coco": evaluate_coco(sets["coco"].evaluation_ground_truth(), detections)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m detection.eval", description=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--backbone", required=True)
+    parser.add_argument("--weights", type=Path, help="detection.train run directory (or its final.safetensors)")
+    parser.add_argument("--detections", type=Path, help="score these precomputed results instead of running a model")
+    parser.add_argument("--dataset", choices=TEST_DATASETS, required=True)
+    parser.add_argument("--data-root", type=Path, required=True)
+    parser.add_argument("--metric", choices=METRICS, help="VOC metric (default: voc07 on VOC07 test, voc12 otherwise)")
+    parser.add_argument("--output", type=Path, help="where result files and pictures go (default: RUN/eval-DATASET)")
+    parser.add_argument("--json", type=Path, help="write the numbers (percent) as JSON")
+    parser.add_argument("--visualize", type=int, default=0, metavar="N", help="write N annotated PNGs")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-size", type=int, default=4)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if (args.weights is None) == (args.detections is None):
+        raise SystemExit("error: give exactly one of --weights (run a model) or --detections (score results)")
+    metric = args.metric or default_metric(args.dataset)
+    label = f"{args.backbone} (this run)"
+    try:
+        if args.detections is not None:
+            results = score_precomputed(args.dataset, args.data_root, args.detections, metric)
+            label = f"{args.backbone} ({args.detections.name})"
+        else:
+            model, config = load_detector(args.backbone, args.weights)
+            device = pick_device(args.device)
+            model.to(device)
+            run = args.weights if args.weights.is_dir() else args.weights.parent
+            output = args.output or run / f"eval-{args.dataset}"
+            label = f"{args.backbone} {config['design'].upper()} ({config['dataset']})"
+            results, predictions, sets = evaluate_test_set(
+                model, args.dataset, args.data_root, channels=config["channels"], device=device, metric=metric,
+                results_dir=output, batch_size=args.batch_size, progress=True)  # fmt: skip
+            print(f"result files in {output}")
+            if args.visualize:
+                pictures = visualize(predictions, next(iter(sets.values())), output / "pictures", args.visualize)
+                print(f"wrote {len(pictures)} pictures to {output / 'pictures'}")
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"error: {error}") from None
+    if "voc" in results:
+        print(voc_table(args.dataset, results["voc"], label))
+    if "coco" in results:
+        print(coco_table(results["coco"], label))
+    if args.json:
+        payload = results["voc"] if list(results) == ["voc"] else results["coco"] if list(results) == ["coco"] else results
+        atomic_write_text(args.json, json.dumps(payload, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""``python -m detection.train --backbone ARCH --dataset D --data-root R``: Faster R-CNN training on
+the shared engine (``backbones.engine``): torchrun multi-GPU, AMP, atomic checkpoints and exact
+resume, progress bar, JSON-lines and TensorBoard logs.
+
+Defaults follow the Faster R-CNN set-up the paper used: shorter side 600 (longer at most 1000),
+SGD momentum 0.9, weight decay 1e-4; VOC: lr 0.001 for 60k iterations then 0.0001 for 20k at one
+image per batch; COCO: lr 0.001 for 240k then 0.0001 for 80k at 8 images per batch. With another
+``--images-per-batch`` the learning rate scales linearly and the iterations inversely. Everything
+can be overridden.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from backbones.distributed import cleanup, init_distributed
+from backbones.engine import EngineConfig, Trainer, engine_config_dict
+from backbones.fileio import atomic_write_text
+from backbones.registry import get_model_entry
+from backbones.schedule import LRSchedule
+from backbones.weights import save_weights
+
+from .batches import DetectionBatches, detection_step
+from .catalog import TEST_FOR_TRAIN, TRAIN_DATASETS, recipe_for, evaluation_sets, training_set
+from .inference import evaluate_test_set
+from .models import DESIGNS, build_faster_rcnn
+
+log = logging.getLogger("detection.train")
+MODEL_OPTIONS = ("min_size", "max_size", "anchor_sizes", "box_batch_size_per_image", "rpn_pre_nms_top_n_train",
+                 "rpn_post_nms_top_n_train", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test")  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m detection.train", description=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    parser.add_argument("--backbone", required=True, help="zoo model name, e.g. resnet101, plain20")
+    parser.add_argument("--backbone-weights", help="zoo id, .safetensors, or a torchvision-format ImageNet .pth")
+    parser.add_argument("--design", choices=DESIGNS, default="c4", help="c4: the paper's; fpn: feature pyramid")
+    parser.add_argument("--freeze-at", type=int, default=2, help="0 nothing, 1 stem, k stem + first k-1 stages")
+    parser.add_argument("--dataset", choices=TRAIN_DATASETS, required=True)
+    parser.add_argument("--data-root", type=Path, required=True,
+                        help="VOCdevkit (VOC), the COCO root (annotations/, train2017/), or a fashion_det output")  # fmt: skip
+    parser.add_argument("--skip-bad-annotations", action="store_true", help="skip (and count) bad objects/images")
+    parser.add_argument("--images-per-batch", type=int, help="global batch in images (recipe: VOC 1, COCO 8)")
+    parser.add_argument("--lr", type=float, help="base learning rate (default: the recipe's, scaled to the batch)")
+    parser.add_argument("--steps", type=int, nargs="*", help="iterations where lr is divided by 10")
+    parser.add_argument("--max-iters", type=int)
+    parser.add_argument("--warmup-iters", type=int)
+    parser.add_argument("--momentum", type=float, default=0.9)
+    parser.add_argument("--weight-decay", type=float, default=1e-4)
+    parser.add_argument("--min-size", type=int, help="shorter image side (paper: 600)")
+    parser.add_argument("--max-size", type=int, help="longest image side (paper: 1000)")
+    parser.add_argument("--output", type=Path, help="run directory (default runs/det-BACKBONE-DATASET)")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--log-every", type=int, default=20)
+    parser.add_argument("--checkpoint-every", type=int, default=500)
+    parser.add_argument("--eval-every", type=int, help="iterations between test-set evaluations (default: at the end)")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
+    recipe = recipe_for(args.dataset)
+    images = args.images_per_batch or recipe.images_per_batch
+    lr, steps, iters = recipe.scaled(images)
+    if args.max_iters is not None and args.steps is None:  # keep the recipe's shape over a shorter run
+        steps = [round(s * args.max_iters / iters) for s in steps]
+    model = dict(recipe.model)
+    for key in ("min_size", "max_size"):
+        if getattr(args, key) is not None:
+            model[key] = getattr(args, key)
+    return dict(backbone=args.backbone, backbone_weights=args.backbone_weights, design=args.design,
+                freeze_at=args.freeze_at, dataset=args.dataset, data_root=str(args.data_root),
+                images_per_batch=images, lr=args.lr if args.lr is not None else lr,
+                steps=args.steps if args.steps is not None else steps, max_iters=args.max_iters or iters,
+                warmup_iters=args.warmup_iters if args.warmup_iters is not None else recipe.warmup_iters,
+                momentum=args.momentum, weight_decay=args.weight_decay, model=model, seed=args.seed, amp=args.amp)  # fmt: skip
+
+
+def build_detector(config: dict[str, Any], num_classes: int, load_backbone_weights: bool = True) -> torch.nn.Module:
+    """The detector a run's config describes (shared with detection.eval)."""
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in config["model"].items() if k in MODEL_OPTIONS}
+    return build_faster_rcnn(config["backbone"], num_classes, design=config["design"], freeze_at=config["freeze_at"],
+                             backbone_weights=config["backbone_weights"] if load_backbone_weights else None,
+                             **options)  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        get_model_entry(args.backbone)
+        config = resolve_config(args)
+        on_error = "skip" if args.skip_bad_annotations else "raise"
+        train_set = training_set(args.dataset, args.data_root, on_error)
+        class_names = list(train_set.class_names)
+        model = build_detector(config, len(class_names))
+        test_name = TEST_FOR_TRAIN[args.dataset]
+        if test_name:  # fail now, not after training, if the test set is missing or malformed
+            evaluation_sets(test_name, args.data_root)
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"error: {error}") from None
+    ctx = init_distributed(args.device)
+    torch.manual_seed(args.seed)
+    channels = model.backbone_info.in_chans
+    config.update(class_names=class_names, channels=channels, world_size=ctx.world_size)
+    source = DetectionBatches(train_set, config["images_per_batch"], train=True, channels=channels, seed=args.seed,
+                              rank=ctx.rank, world_size=ctx.world_size, num_workers=args.workers)  # fmt: skip
+    def evaluate_fn(m: torch.nn.Module) -> dict[str, float]:
+        results, _, _ = evaluate_test_set(m, test_name, args.data_root, channels=channels, device=ctx.device)
+        flat = {f"voc_{k}": v for k, v in results.get("voc", {}).items() if k == "mAP"}
+        flat.update({f"coco_{k}": v for k, v in results.get("coco", {}).items() if k in ("AP", "AP50")})
+        return flat
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=config["lr"], momentum=args.momentum, weight_decay=args.weight_decay)
+    schedule = LRSchedule(config["lr"], "step", config["max_iters"], config["steps"], warmup_iters=config["warmup_iters"])
+    output = args.output or Path("runs") / f"det-{args.backbone}-{args.design}-{args.dataset}"
+    engine_config = EngineConfig(output, config["max_iters"], log_every=args.log_every,
+                                 eval_every=args.eval_every or config["max_iters"], checkpoint_every=args.checkpoint_every,
+                                 amp=args.amp, progress=not args.no_progress, monitor="none")  # fmt: skip
+    config["engine"] = engine_config_dict(engine_config)
+    trainer = Trainer(model, optimizer, schedule, source, detection_step, engine_config,
+                      evaluate_fn=evaluate_fn if ctx.is_main and test_name else None, ctx=ctx, run_config=config)
+    if ctx.is_main:
+        output.mkdir(parents=True, exist_ok=True)
+        if not args.resume:
+            atomic_write_text(output / "config.json", json.dumps(config, indent=1, default=str))
+        log.info("training %s Faster R-CNN (%s) on %s: %d images, %d classes, %d iterations of %d images, lr %g -> %s",
+                 args.backbone, args.design, args.dataset, len(train_set), len(class_names), config["max_iters"],
+                 config["images_per_batch"], config["lr"], output)  # fmt: skip
+    try:
+        final = trainer.fit(resume=args.resume)
+    except (FileExistsError, ValueError) as error:
+        raise SystemExit(f"error: {error}") from None
+    if ctx.is_main:
+        save_weights(trainer.model, output / "final.safetensors", metadata={"backbone": args.backbone, "design": args.design})
+        scores = ", ".join(f"{k} {v:.1f}" for k, v in final.items())
+        print(f"{args.backbone} {args.design} on {args.dataset} after {trainer.iteration} iterations: "
+              f"{test_name or 'no test set'} {scores}")  # fmt: skip
+        if test_name:
+            print(f"run directory: {output}; score it with: python -m detection.eval --backbone {args.backbone} "
+                  f"--weights {output} --dataset {test_name} --data-root {args.data_root}")  # fmt: skip
+    cleanup(ctx)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

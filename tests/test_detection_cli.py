@@ -1,0 +1,112 @@
+"""detection.train and detection.eval end to end on a tiny Fashion-MNIST detection benchmark."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from backbones.datasets import ArrayDataset, FASHION_MNIST_CLASSES
+from detection.catalog import evaluation_sets
+from detection.datasets import continuous_to_voc
+from detection.eval import main as eval_main
+from detection.fashion_det import generate
+from detection.train import main as train_main
+from detection.voc_eval import ClassDetections, write_devkit_results
+
+
+def _fake_fashion_mnist(n, seed):
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.zeros(n, 1, 28, 28, dtype=torch.uint8)
+    images[:, :, 6:22, 8:20] = (torch.rand(n, 1, 16, 12, generator=generator) * 155 + 100).to(torch.uint8)
+    return ArrayDataset(images, torch.arange(n) % 10, list(FASHION_MNIST_CLASSES), f"fake{seed}")
+
+
+@pytest.fixture(scope="module")
+def benchmark(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fashion_det")
+    generate(root, seed=0, train_images=8, test_images=6, canvas=96, min_size=20, max_size=40, max_objects=3,
+             fashion_mnist=(_fake_fashion_mnist(40, 1), _fake_fashion_mnist(40, 2)), force=True)  # fmt: skip
+    return root
+
+
+@pytest.fixture(scope="module")
+def detector_run(benchmark, tmp_path_factory):
+    run = tmp_path_factory.mktemp("det") / "run"
+    train_main(["--backbone", "resnet20", "--dataset", "fashion-det", "--data-root", str(benchmark), "--max-iters", "3",
+                "--images-per-batch", "4", "--workers", "0", "--log-every", "1", "--no-progress", "--output", str(run),
+                "--min-size", "96", "--max-size", "96"])  # fmt: skip
+    return run
+
+
+def test_training_writes_config_losses_and_weights(detector_run):
+    config = json.loads((detector_run / "config.json").read_text())
+    assert config["design"] == "c4" and config["images_per_batch"] == 4 and config["channels"] == 3
+    assert config["lr"] == pytest.approx(0.01)  # the recipe's 0.02 at 8 images, scaled to 4
+    assert config["model"]["min_size"] == 96 and len(config["class_names"]) == 10
+    records = [json.loads(line) for line in (detector_run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    assert [r["iteration"] for r in train] == [1, 2, 3]
+    assert all(np.isfinite(r["loss"]) and {"loss_classifier", "loss_objectness"} <= set(r) for r in train)
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert evals and {"voc_mAP", "coco_AP", "coco_AP50"} <= set(evals[-1])
+    assert (detector_run / "final.safetensors").stat().st_size > 0
+
+
+def test_eval_writes_results_json_and_pictures_and_rescoring_them_agrees(detector_run, benchmark, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    eval_main(["--backbone", "resnet20", "--weights", str(detector_run), "--dataset", "fashion-det",
+               "--data-root", str(benchmark), "--json", str(out), "--visualize", "2", "--output", str(tmp_path / "e")])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "Table 7 layout" in printed and "Table 8 layout" in printed and "ResNet-101 (paper" in printed
+    numbers = json.loads(out.read_text())
+    assert numbers["voc"]["metric"] == "voc07" and len(numbers["voc"]["AP"]) == 10
+    assert set(numbers["coco"]) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    pictures = sorted((tmp_path / "e" / "pictures").iterdir())
+    assert len(pictures) == 2 and Image.open(pictures[0]).size == (96, 96)
+    assert len(list((tmp_path / "e").glob("comp4_det_test_*.txt"))) == 10
+
+    rescored = tmp_path / "rescored.json"
+    eval_main(["--backbone", "resnet20", "--detections", str(tmp_path / "e"), "--dataset", "fashion-det",
+               "--data-root", str(benchmark), "--json", str(rescored)])  # fmt: skip
+    assert json.loads(rescored.read_text())["mAP"] == pytest.approx(numbers["voc"]["mAP"])
+    eval_main(["--backbone", "resnet20", "--detections", str(tmp_path / "e" / "coco_results.json"),
+               "--dataset", "fashion-det", "--data-root", str(benchmark), "--json", str(rescored)])  # fmt: skip
+    assert json.loads(rescored.read_text())["AP"] == pytest.approx(numbers["coco"]["AP"])
+
+
+def test_precomputed_perfect_detections_score_100(benchmark, tmp_path):
+    voc = evaluation_sets("fashion-det", benchmark)["voc"]
+    by_class = {name: ([], [], []) for name in voc.class_names}
+    coco_results = []
+    for index in range(len(voc)):
+        target = voc.target(index)
+        for box, label in zip(target["boxes"], target["labels"]):
+            ids, scores, boxes = by_class[voc.class_names[int(label) - 1]]
+            ids.append(str(target["image_id"]))
+            scores.append(1.0)
+            boxes.append(np.asarray(continuous_to_voc(box.numpy())))
+            x1, y1, x2, y2 = box.tolist()
+            coco_results.append({"image_id": int(target["image_id"]), "category_id": int(label),
+                                 "bbox": [x1, y1, x2 - x1, y2 - y1], "score": 1.0})  # fmt: skip
+    write_devkit_results(tmp_path / "dets", "test", {name: ClassDetections.create(i, s, np.array(b).reshape(-1, 4))
+                                                    for name, (i, s, b) in by_class.items()})  # fmt: skip
+    (tmp_path / "coco.json").write_text(json.dumps(coco_results))
+    for detections, key in ((tmp_path / "dets", "mAP"), (tmp_path / "coco.json", "AP")):
+        out = tmp_path / f"{key}.json"
+        eval_main(["--backbone", "resnet20", "--detections", str(detections), "--dataset", "fashion-det",
+                   "--data-root", str(benchmark), "--json", str(out)])  # fmt: skip
+        assert json.loads(out.read_text())[key] == pytest.approx(100.0)
+
+
+def test_eval_errors_are_clear(benchmark, tmp_path):
+    with pytest.raises(SystemExit, match="exactly one of --weights"):
+        eval_main(["--backbone", "resnet20", "--dataset", "fashion-det", "--data-root", str(benchmark)])
+    with pytest.raises(SystemExit, match="config.json is missing"):
+        eval_main(["--backbone", "resnet20", "--weights", str(tmp_path), "--dataset", "fashion-det",
+                   "--data-root", str(benchmark)])  # fmt: skip
+    with pytest.raises(SystemExit, match="unknown model|error"):
+        train_main(["--backbone", "resnet21", "--dataset", "fashion-det", "--data-root", str(benchmark)])
+    with pytest.raises(SystemExit, match="VOC2007"):
+        train_main(["--backbone", "resnet20", "--dataset", "voc07+12", "--data-root", str(tmp_path)])

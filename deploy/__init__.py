@@ -1,1 +1,30 @@
-"""Export to ONNX / TensorRT / AOTInductor and one runtime over them. Work in progress."""
+"""Export the zoo's classifiers (ONNX, TensorRT, AOTInductor, eager safetensors) and run them.
+
+    python -m deploy.export --model resnet50 --weights resnet50.pth --format onnx --output r50.onnx
+
+    import deploy
+    predictor = deploy.load("r50.onnx")                  # reads and checks r50.onnx.json (the sidecar)
+    predictor.predict(["cat.jpg", "dog.png"], top_k=5)   # [[(class name, probability), ...], ...]
+
+Imports go downward only: deploy uses backbones (and later detection), never the reverse.
+"""
+
+from typing import Any
+
+from .runtime import Predictor, load, load_eager
+from .sidecar import SidecarError, read_sidecar, sidecar_path, validate
+
+_FROM_EXPORT = ("ExportError", "ExportOptions", "ExportResult", "export_model")
+
+
+def __getattr__(name: str) -> Any:
+    # deploy.export is imported on first use, so `python -m deploy.export` does not find it half-imported.
+    if name in _FROM_EXPORT:
+        from . import export
+
+        return getattr(export, name)
+    raise AttributeError(f"module 'deploy' has no attribute {name!r}")
+
+
+__all__ = ["ExportError", "ExportOptions", "ExportResult", "Predictor", "SidecarError", "export_model", "load",
+           "load_eager", "read_sidecar", "sidecar_path", "validate"]

@@ -9,6 +9,9 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --editable '.[test]'
+	# TensorRT's type stubs, for the mypy check of deploy/tensorrt_build.py (TensorRT itself installs
+	# only from NVIDIA's index; the stubs' metadata pins it, hence --no-deps)
+	$(BIN)/python -m pip install --quiet --no-deps tensorrt-stubs==10.13.0.35.1
 	touch $(STAMP)
 
 # Train ResNet-20 on a dataset the code generates (no download) and print its held-out accuracy.

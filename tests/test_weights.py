@@ -93,7 +93,8 @@ def test_state_dict_of_another_architecture_is_explained(tmp_path):
 
     save_weights(create_model("resnet18", num_classes=10), path)
     with pytest.raises(ValueError, match=r"shape mismatch: fc.weight expected \(1000, 512\), found \(10, 512\)"):
-        create_model("resnet18", weights=path)
+        create_model("resnet18", num_classes=1000, weights=path)
+    assert create_model("resnet18", weights=path).num_classes == 10  # inferred from the file when not given
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
@@ -121,4 +122,5 @@ def test_missing_file_and_non_state_dict(tmp_path):
 def test_save_weights_is_atomic_and_leaves_no_temporary_files(tmp_path):
     save_weights(create_model("resnet20"), tmp_path / "w.safetensors", metadata={"arch": "resnet20"})
     assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
+    assert (tmp_path / "w.safetensors").stat().st_mode & 0o044 == 0o044  # readable by others, not mkstemp's 0600
     assert describe_state_dict(create_model("resnet56").state_dict()).startswith("a 56-layer basic-block net")

@@ -1,0 +1,146 @@
+"""One production API over every backend: ``deploy.load(path).predict(images, top_k=5)``.
+
+``path`` is an exported artifact with its sidecar (``.onnx``, ``.engine``/``.plan``, ``.pt2``, an
+eager ``.safetensors``), or a ``backbones.train`` run directory. The sidecar supplies the
+preprocessing, the class names and the output semantics; its sha256 must match the artifact.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Sequence, overload
+
+import numpy as np
+import torch
+
+from .backends import AotiBackend, Backend, EagerBackend, OnnxBackend
+from .preprocess import Images, Preprocessor
+from .sidecar import SidecarError, read_sidecar, sidecar_path
+
+TopK = list[tuple[str, float]]
+DEFAULT_CHUNK = 64  # images per backend call when the artifact takes any batch size
+
+
+class Predictor:
+    """Preprocess -> backend -> postprocess, as one artifact's sidecar describes them."""
+
+    def __init__(self, backend: Backend, sidecar: dict[str, Any], source: str) -> None:
+        self.backend, self.sidecar, self.source = backend, sidecar, source
+        self.task: str = sidecar["task"]
+        if self.task != "classification":
+            raise SidecarError(f"{source}: task {self.task!r} has no predictor in this version of deploy")
+        self.preprocess = Preprocessor.from_sidecar(sidecar["preprocessing"])
+        self.class_names: list[str] = list(sidecar["class_names"])
+        self.default_top_k: int = sidecar["postprocessing"].get("top_k", 5)
+
+    def __repr__(self) -> str:
+        model = self.sidecar.get("model", {})
+        return (f"Predictor({self.source}: {model.get('arch')} {self.task}, backend {self.backend.name} on "
+                f"{self.backend.device}, {self.sidecar.get('precision')}, {len(self.class_names)} classes)")  # fmt: skip
+
+    def logits(self, images: Images) -> torch.Tensor:
+        """Raw outputs (N, classes) for any accepted input."""
+        batch = self.preprocess(images)
+        chunk = self.backend.max_batch or DEFAULT_CHUNK
+        return torch.cat([self.backend(part) for part in batch.split(chunk)])
+
+    def probabilities(self, images: Images) -> torch.Tensor:
+        return self.logits(images).double().softmax(dim=1).float()
+
+    @overload
+    def predict(self, images: Images, top_k: int | None = None, return_probabilities: Literal[False] = False) -> list[TopK]: ...
+
+    @overload
+    def predict(self, images: Images, top_k: int | None = None, *,
+                return_probabilities: Literal[True]) -> tuple[list[TopK], np.ndarray]: ...  # fmt: skip
+
+    def predict(self, images: Images, top_k: int | None = None,
+                return_probabilities: bool = False) -> list[TopK] | tuple[list[TopK], np.ndarray]:  # fmt: skip
+        """Top-k (class name, probability) per image, best first; one list per image, also for one image.
+
+        ``images``: a file path, PIL image, uint8 numpy array (H, W, C) / (N, H, W, C), tensor (C, H, W) /
+        (N, C, H, W) in uint8 or float in [0, 1], or a list of these. With ``return_probabilities``
+        also the full (N, classes) softmax as a numpy array.
+        """
+        k = self.default_top_k if top_k is None else top_k
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+        probabilities = self.probabilities(images)
+        values, indices = probabilities.topk(min(k, probabilities.shape[1]), dim=1)
+        results = [[(self.class_names[i], float(p)) for p, i in zip(row_p.tolist(), row_i.tolist())]
+                   for row_p, row_i in zip(values, indices)]  # fmt: skip
+        return (results, probabilities.numpy()) if return_probabilities else results
+
+
+
+# ---------------------------------------------------------------- loading
+def _eager_sidecar(prepared: Any) -> dict[str, Any]:
+    return {"task": "classification", "backend": "eager", "precision": "fp32",
+            "model": {"arch": prepared.arch, "weights": prepared.weights},
+            "preprocessing": prepared.preprocessing, "class_names": prepared.class_names,
+            "postprocessing": {"type": "softmax_topk", "output": "logits", "top_k": 5}}  # fmt: skip
+
+
+def load_eager(arch: str, weights: str | Path | None = None, device: str = "cpu") -> Predictor:
+    """A PyTorch eager predictor: ``weights`` is a zoo id, run directory or weights file
+    (as ``backbones.evaluate.load_model`` takes them); classes and preprocessing come with them."""
+    from .models import prepare_model
+
+    prepared = prepare_model(arch, weights)
+    return Predictor(EagerBackend(prepared.model, device), _eager_sidecar(prepared), f"{arch}:{weights}")
+
+
+def _open_backend(path: Path, sidecar: dict[str, Any], device: str | None, providers: Sequence[str] | None,
+                  strict_gpu: bool) -> Backend:  # fmt: skip
+    backend = sidecar["backend"]
+    input_name, output_name = sidecar["inputs"][0]["name"], sidecar["postprocessing"]["output"]
+    if backend == "onnx":
+        if providers is None and device == "cpu":
+            providers = ["CPUExecutionProvider"]
+        return OnnxBackend(path, input_name, output_name, providers)
+    if backend == "aoti":
+        built_for = sidecar["device"]
+        if device is not None and device != built_for:
+            raise ValueError(f"{path}: this AOTInductor package was compiled for {built_for}, not {device}; "
+                             f"export again with --device {device}")  # fmt: skip
+        dtype = torch.float16 if sidecar["inputs"][0]["dtype"] == "float16" else torch.float32
+        return AotiBackend(path, built_for, dtype)
+    if backend == "tensorrt":
+        from .tensorrt_engine import TensorRTBackend
+
+        return TensorRTBackend(path, sidecar, strict_gpu=strict_gpu)
+    if backend == "eager":
+        from backbones.registry import create_model
+
+        model = create_model(sidecar["model"]["arch"], weights=path, num_classes=len(sidecar["class_names"]),
+                             **sidecar["model"].get("constructor", {}))  # fmt: skip
+        return EagerBackend(model, device or "cpu")
+    raise SidecarError(f"{sidecar_path(path)}: field 'backend' {backend!r} has no runtime")
+
+
+def load(path: str | Path, *, device: str | None = None, providers: Sequence[str] | None = None,
+         strict_gpu: bool = True, verify_sha256: bool = True) -> Predictor:  # fmt: skip
+    """A :class:`Predictor` for an exported artifact (with its ``<artifact>.json`` sidecar) or a run directory.
+
+    ``device`` ("cpu"/"cuda") pins the engine where the backend allows a choice; ``providers``
+    overrides onnxruntime's execution providers (default: TensorRT EP, CUDA EP where available, then
+    CPU); ``strict_gpu=False`` lets a TensorRT engine built on another GPU model of the same
+    architecture run, with a warning.
+    """
+    path = Path(path)
+    if path.is_dir():
+        config = path / "config.json"
+        if not config.is_file():
+            raise FileNotFoundError(f"{path} is a directory without config.json; pass an exported artifact "
+                                    "(with its .json sidecar) or a backbones.train run directory")  # fmt: skip
+        import json
+
+        return load_eager(json.loads(config.read_text())["arch"], str(path), device or "cpu")
+    if not path.exists():
+        raise FileNotFoundError(f"artifact not found: {path}")
+    if path.suffix in (".pth", ".pt", ".bin") or (path.suffix == ".safetensors" and not sidecar_path(path).exists()):
+        raise SidecarError(f"{path}: plain weights carry no preprocessing or classes (expected sidecar "
+                           f"{sidecar_path(path)}); use deploy.load_eager(arch, {str(path)!r}) or export them "
+                           "with python -m deploy.export --format eager")  # fmt: skip
+    sidecar = read_sidecar(path, verify_sha256=verify_sha256)
+    return Predictor(_open_backend(path, sidecar, device, providers, strict_gpu), sidecar, str(path))

@@ -1,0 +1,320 @@
+"""The JSON sidecar written next to every exported artifact (``<artifact>.json``).
+
+It carries everything production needs besides the artifact itself: what the artifact is (backend,
+file, sha256), the tensors it takes and gives (names, symbolic shapes, dtypes, dynamic axes), how
+raw images become its input (preprocessing), what its output means (postprocessing, class names),
+the tools that made it and, for TensorRT, the GPU and optimisation profiles it was built for, and
+the parity figures of the export check. One example (a classifier exported to ONNX)::
+
+    {"format": "resnet-zoo-deploy", "version": 1, "task": "classification", "backend": "onnx",
+     "artifact": {"file": "resnet18.onnx", "sha256": "…", "size": 46772345},
+     "model": {"arch": "resnet18", "weights": "resnet18.pth", "weights_sha256": "…", "num_classes": 1000},
+     "precision": "fp32", "device": "any",
+     "inputs": [{"name": "images", "shape": ["batch", 3, 224, 224], "dtype": "float32"}],
+     "outputs": [{"name": "logits", "shape": ["batch", 1000], "dtype": "float32"}],
+     "dynamic_axes": {"images": {"0": "batch"}, "logits": {"0": "batch"}},
+     "preprocessing": {"input_size": 224, "channels": 3, "resize": 256, "pad_to": null,
+                       "interpolation": "bilinear", "antialias": true, "scale": 255.0,
+                       "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "layout": "NCHW"},
+     "postprocessing": {"type": "softmax_topk", "output": "logits", "top_k": 5},
+     "class_names": ["tench", …],
+     "tools": {"python": "3.11.9", "torch": "2.14.1", "onnx": "1.23.2", "onnxruntime": "1.32.0", "tensorrt": null},
+     "export": {"exporter": "torch.onnx.export(dynamo=False)", "opset": 17, "created": "…"},
+     "parity": {"reference": "PyTorch eager, fp32, cpu", "rel_error": 3e-07, "max_abs_error": 4e-06, …},
+     "tensorrt": null}
+
+``tensorrt`` (backend "tensorrt" only) is ``{"version", "gpu", "compute_capability", "profiles":
+[{input name: {"min", "opt", "max"}}], "calibration": …}``.
+
+:func:`read_sidecar` validates a sidecar and raises :class:`SidecarError` naming the file and the
+field. The ``task`` field keeps the format general: a task adds its own checks to ``TASK_CHECKS``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import re
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+from backbones.fileio import atomic_write_text, sha256_of
+
+FORMAT = "resnet-zoo-deploy"
+VERSION = 1
+BACKENDS = ("onnx", "tensorrt", "aoti", "eager")
+PRECISIONS = ("fp32", "fp16", "int8")
+DTYPES = ("float32", "float16", "int8", "int32", "int64", "uint8", "bool")
+DEVICES = ("any", "cpu", "cuda")  # "any": a portable artifact (ONNX, eager weights)
+SUFFIX = ".json"
+
+
+class SidecarError(ValueError):
+    """A sidecar that is missing, unreadable or malformed; the message names the file and field."""
+
+
+def sidecar_path(artifact: str | Path) -> Path:
+    """``model.onnx`` -> ``model.onnx.json``."""
+    artifact = Path(artifact)
+    return artifact.with_name(artifact.name + SUFFIX)
+
+
+def tool_versions() -> dict[str, str | None]:
+    """Versions of the tools that matter for an artifact (None where not installed)."""
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name, dist in (("torch", "torch"), ("torchvision", "torchvision"), ("onnx", "onnx"),
+                       ("onnxruntime", "onnxruntime"), ("tensorrt", "tensorrt")):  # fmt: skip
+        try:
+            versions[name] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    if versions["onnxruntime"] is None:  # the GPU build is a different distribution
+        try:
+            versions["onnxruntime"] = metadata.version("onnxruntime-gpu")
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+# ---------------------------------------------------------------- validation
+class _Checker:
+    """Field checks that collect nothing: the first problem raises, naming file and field."""
+
+    def __init__(self, path: Path, data: dict[str, Any]) -> None:
+        self.path, self.data = path, data
+
+    def fail(self, field: str, problem: str) -> SidecarError:
+        return SidecarError(f"{self.path}: field '{field}' {problem}")
+
+    def get(self, field: str, required: bool = True) -> Any:
+        node: Any = self.data
+        for part in field.split("."):
+            key, _, index = part.partition("[")
+            if not isinstance(node, dict) or key not in node:
+                if required:
+                    raise self.fail(field, "is missing")
+                return None
+            node = node[key]
+            if index:  # "inputs[0]"
+                position = int(index.rstrip("]"))
+                if not isinstance(node, list) or position >= len(node):
+                    raise self.fail(field, "is missing")
+                node = node[position]
+        return node
+
+    def kind(self, field: str, types: type | tuple[type, ...], required: bool = True) -> Any:
+        value = self.get(field, required)
+        if value is None and not required:
+            return None
+        if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+            raise self.fail(field, f"must be {_names(types)}, got a boolean")
+        if not isinstance(value, types):
+            raise self.fail(field, f"must be {_names(types)}, got {type(value).__name__} {value!r:.60}")
+        return value
+
+    def choice(self, field: str, choices: tuple[str, ...], required: bool = True) -> Any:
+        value = self.get(field, required)
+        if value is None and not required:
+            return None
+        if value not in choices:
+            raise self.fail(field, f"must be one of {list(choices)}, got {value!r}")
+        return value
+
+    def numbers(self, field: str, length: int | None = None, positive: bool = False) -> list[float]:
+        value = self.kind(field, list)
+        if length is not None and len(value) != length:
+            raise self.fail(field, f"must list {length} number(s), one per channel, got {len(value)}")
+        for item in value:
+            if isinstance(item, bool) or not isinstance(item, (int, float)) or not math.isfinite(item):
+                raise self.fail(field, f"must hold finite numbers, got {item!r}")
+            if positive and item <= 0:
+                raise self.fail(field, f"must hold positive numbers, got {item!r}")
+        return value
+
+    def positive_int(self, field: str, required: bool = True) -> int | None:
+        value = self.kind(field, int, required)
+        if value is not None and value < 1:
+            raise self.fail(field, f"must be a positive integer, got {value}")
+        return value
+
+
+def _names(types: type | tuple[type, ...]) -> str:
+    types = types if isinstance(types, tuple) else (types,)
+    words = {str: "a string", int: "an integer", float: "a number", list: "a list", dict: "an object", bool: "a boolean"}
+    return " or ".join(words.get(t, t.__name__) for t in types)
+
+
+def _check_tensors(check: _Checker, field: str) -> list[dict[str, Any]]:
+    tensors = check.kind(field, list)
+    if not tensors:
+        raise check.fail(field, "must list at least one tensor")
+    seen = set()
+    for index in range(len(tensors)):
+        where = f"{field}[{index}]"
+        if not isinstance(tensors[index], dict):
+            raise check.fail(where, "must be an object with name, shape and dtype")
+        name = check.kind(f"{where}.name", str)
+        if name in seen:
+            raise check.fail(f"{where}.name", f"repeats the tensor name {name!r}")
+        seen.add(name)
+        shape = tensors[index].get("shape")
+        if not isinstance(shape, list) or not shape or not all(
+            (isinstance(d, int) and not isinstance(d, bool) and d > 0) or (isinstance(d, str) and d) for d in shape
+        ):
+            raise check.fail(f"{where}.shape", f"must be a non-empty list of positive sizes or axis names, got {shape!r}")
+        check.choice(f"{where}.dtype", DTYPES)
+    return tensors
+
+
+def _check_preprocessing(check: _Checker, input_shape: list[Any]) -> None:
+    channels = check.positive_int("preprocessing.channels")
+    size = check.positive_int("preprocessing.input_size")
+    resize = check.positive_int("preprocessing.resize", required=False)
+    pad_to = check.positive_int("preprocessing.pad_to", required=False)
+    if resize is not None and size is not None and resize < size:
+        raise check.fail("preprocessing.resize", f"({resize}) must be at least input_size ({size}) to center-crop from")
+    if pad_to is not None and size is not None and pad_to != size:
+        raise check.fail("preprocessing.pad_to", f"({pad_to}) must equal input_size ({size})")
+    check.choice("preprocessing.interpolation", ("bilinear", "bicubic", "nearest"))
+    check.kind("preprocessing.antialias", bool)
+    scale = check.kind("preprocessing.scale", (int, float))
+    if scale <= 0:
+        raise check.fail("preprocessing.scale", f"must be positive, got {scale}")
+    check.numbers("preprocessing.mean", channels)
+    check.numbers("preprocessing.std", channels, positive=True)
+    check.choice("preprocessing.layout", ("NCHW",))
+    if len(input_shape) == 4 and isinstance(input_shape[1], int) and input_shape[1] != channels:
+        raise check.fail("preprocessing.channels", f"is {channels}, but input {input_shape} takes {input_shape[1]} channel(s)")
+
+
+def _check_classification(check: _Checker) -> None:
+    inputs, outputs = _check_tensors(check, "inputs"), _check_tensors(check, "outputs")
+    if len(inputs) != 1:
+        raise check.fail("inputs", f"a classifier takes one image batch, {len(inputs)} inputs are listed")
+    shape = inputs[0]["shape"]
+    if len(shape) != 4:
+        raise check.fail("inputs[0].shape", f"must be (batch, channels, height, width), got {shape}")
+    _check_preprocessing(check, shape)
+    names = check.kind("class_names", list)
+    if not names or not all(isinstance(n, str) for n in names):
+        raise check.fail("class_names", "must be a non-empty list of strings")
+    check.choice("postprocessing.type", ("softmax_topk",))
+    output = check.kind("postprocessing.output", str)
+    by_name = {t["name"]: t for t in outputs}
+    if output not in by_name:
+        raise check.fail("postprocessing.output", f"names {output!r}, which is not among the outputs {list(by_name)}")
+    classes = by_name[output]["shape"][-1]
+    if isinstance(classes, int) and classes != len(names):
+        raise check.fail("class_names", f"lists {len(names)} names, but output {output!r} has {classes} classes")
+    check.positive_int("postprocessing.top_k")
+
+
+# A task adds its own checks here (detection: boxes, labels, scores, …).
+TASK_CHECKS: dict[str, Callable[[_Checker], None]] = {"classification": _check_classification}
+
+
+def _check_tensorrt(check: _Checker) -> None:
+    check.kind("tensorrt", dict)
+    check.kind("tensorrt.version", str)
+    check.kind("tensorrt.gpu", str)
+    capability = check.kind("tensorrt.compute_capability", str)
+    if not re.fullmatch(r"\d+\.\d+", capability):
+        raise check.fail("tensorrt.compute_capability", f"must look like '8.6', got {capability!r}")
+    profiles = check.kind("tensorrt.profiles", list)
+    if not profiles:
+        raise check.fail("tensorrt.profiles", "must list at least one optimisation profile")
+    for index, profile in enumerate(profiles):
+        where = f"tensorrt.profiles[{index}]"
+        if not isinstance(profile, dict) or not profile:
+            raise check.fail(where, "must map input names to {min, opt, max} shapes")
+        for name, shapes in profile.items():
+            if not isinstance(shapes, dict) or set(shapes) != {"min", "opt", "max"}:
+                raise check.fail(f"{where}.{name}", "must have exactly the keys min, opt and max")
+            low, opt, high = shapes["min"], shapes["opt"], shapes["max"]
+            if not all(isinstance(s, list) and all(isinstance(d, int) for d in s) for s in (low, opt, high)) or not (
+                len(low) == len(opt) == len(high) and all(a <= b <= c for a, b, c in zip(low, opt, high))
+            ):
+                raise check.fail(f"{where}.{name}", f"needs equally long integer shapes with min <= opt <= max, got {shapes}")
+
+
+def validate(data: Any, path: str | Path = "<sidecar>") -> dict[str, Any]:
+    """Check a sidecar's fields; return it unchanged or raise :class:`SidecarError`."""
+    path = Path(path)
+    if not isinstance(data, dict):
+        raise SidecarError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    check = _Checker(path, data)
+    if check.get("format") != FORMAT:
+        raise check.fail("format", f"must be {FORMAT!r}, got {data.get('format')!r}; is this a deploy sidecar?")
+    version = check.kind("version", int)
+    if version > VERSION:
+        raise check.fail("version", f"is {version}: written by a newer deploy; this one reads version {VERSION}")
+    task = check.choice("task", tuple(TASK_CHECKS))
+    backend = check.choice("backend", BACKENDS)
+    file = check.kind("artifact.file", str)
+    if Path(file).name != file:
+        raise check.fail("artifact.file", f"must be a bare file name beside the sidecar, got {file!r}")
+    if not re.fullmatch(r"[0-9a-f]{64}", str(check.get("artifact.sha256"))):
+        raise check.fail("artifact.sha256", f"must be 64 lowercase hex digits, got {check.get('artifact.sha256')!r}")
+    check.kind("artifact.size", int)
+    check.kind("model.arch", str)
+    check.kind("model.weights", str, required=False)
+    check.choice("precision", PRECISIONS)
+    check.choice("device", DEVICES)
+    axes = check.kind("dynamic_axes", dict)
+    for name, mapping in axes.items():
+        if not isinstance(mapping, dict) or not all(k.isdigit() and isinstance(v, str) for k, v in mapping.items()):
+            raise check.fail(f"dynamic_axes.{name}", f"must map axis numbers (as strings) to names, got {mapping!r}")
+    check.kind("tools", dict)
+    check.kind("parity", dict, required=False)
+    TASK_CHECKS[task](check)
+    known = {t["name"] for t in data["inputs"]} | {t["name"] for t in data["outputs"]}
+    unknown = sorted(set(axes) - known)
+    if unknown:
+        raise check.fail("dynamic_axes", f"names tensor(s) {unknown} that are neither inputs nor outputs")
+    if backend == "tensorrt":
+        _check_tensorrt(check)
+    return data
+
+
+# ---------------------------------------------------------------- reading and writing
+def write_sidecar(artifact: str | Path, data: dict[str, Any]) -> Path:
+    """Validate ``data`` and write it atomically as ``<artifact>.json``."""
+    path = sidecar_path(artifact)
+    validate(data, path)
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
+    return path
+
+
+def read_sidecar(artifact: str | Path, verify_sha256: bool = True) -> dict[str, Any]:
+    """The validated sidecar of ``artifact``; with ``verify_sha256`` the artifact must match its hash."""
+    artifact = Path(artifact)
+    path = sidecar_path(artifact)
+    if not path.is_file():
+        raise SidecarError(f"{artifact}: no sidecar found; expected {path} (written by python -m deploy.export "
+                           "next to the artifact: it holds the preprocessing, classes and hash)")  # fmt: skip
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise SidecarError(f"{path}: not valid JSON ({error})") from None
+    validate(data, path)
+    if data["artifact"]["file"] != artifact.name:
+        raise SidecarError(f"{path}: field 'artifact.file' is {data['artifact']['file']!r}, but the sidecar sits next "
+                           f"to {artifact.name!r}; was the artifact renamed without its sidecar?")  # fmt: skip
+    if verify_sha256:
+        verify_artifact(artifact, data, path)
+    return data
+
+
+def verify_artifact(artifact: Path, data: dict[str, Any], path: Path) -> None:
+    if not artifact.is_file():
+        raise FileNotFoundError(f"{artifact}: artifact not found (its sidecar {path} exists)")
+    size = artifact.stat().st_size
+    if size != data["artifact"]["size"]:
+        raise SidecarError(f"{artifact}: {size} bytes, but {path} (field 'artifact.size') says "
+                           f"{data['artifact']['size']}; truncated or replaced?")  # fmt: skip
+    digest = sha256_of(artifact)
+    if digest != data["artifact"]["sha256"]:
+        raise SidecarError(f"{artifact}: sha256 {digest} does not match {path} (field 'artifact.sha256' "
+                           f"{data['artifact']['sha256']}); the artifact was changed or the sidecar belongs to another")  # fmt: skip

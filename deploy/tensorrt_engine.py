@@ -1,0 +1,66 @@
+"""Running a serialised TensorRT engine (TensorRT 10's tensor-address API, buffers as torch CUDA tensors)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .backends import ArtifactLoadError
+from .tensorrt_build import check_engine_compatibility, dims_to_list, require_tensorrt, running_environment
+
+_TORCH_DTYPES = {"FLOAT": torch.float32, "HALF": torch.float16, "INT8": torch.int8, "INT32": torch.int32,
+                 "INT64": torch.int64, "BOOL": torch.bool, "UINT8": torch.uint8, "BF16": torch.bfloat16}  # fmt: skip
+
+
+class TensorRTBackend:
+    name = "tensorrt"
+    device = "cuda"
+
+    def __init__(self, path: str | Path, sidecar: dict[str, Any], strict_gpu: bool = True) -> None:
+        require_tensorrt()
+        import tensorrt as trt
+
+        self.path = Path(path)
+        check_engine_compatibility(sidecar["tensorrt"], running_environment(), self.path, strict_gpu)
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.runtime = trt.Runtime(self.logger)
+        engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
+        if engine is None:
+            raise ArtifactLoadError(f"{self.path}: TensorRT could not deserialise the engine (corrupt, or built with "
+                                    "other TensorRT plugins?); see the TensorRT log above")  # fmt: skip
+        self.engine = engine
+        context = engine.create_execution_context()
+        if context is None:
+            raise ArtifactLoadError(f"{self.path}: TensorRT could not create an execution context (GPU memory?)")
+        self.context = context
+        names = [engine.get_tensor_name(index) for index in range(engine.num_io_tensors)]
+        self.inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        expected_in, expected_out = sidecar["inputs"][0]["name"], sidecar["postprocessing"]["output"]
+        if self.inputs != [expected_in] or expected_out not in self.outputs:
+            raise ArtifactLoadError(f"{self.path}: the sidecar names input {expected_in!r} and output {expected_out!r}; "
+                                    f"the engine has inputs {self.inputs} and outputs {self.outputs}")  # fmt: skip
+        self.input_name, self.output_name = expected_in, expected_out
+        self.dtypes = {n: _TORCH_DTYPES[engine.get_tensor_dtype(n).name] for n in names}
+        _, _, max_shape = engine.get_tensor_profile_shape(self.input_name, 0)
+        self.max_batch: int | None = dims_to_list(max_shape)[0]
+        self.stream = torch.cuda.Stream()
+
+    @torch.no_grad()
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        with torch.cuda.stream(self.stream):
+            x = batch.to("cuda", self.dtypes[self.input_name], non_blocking=True).contiguous()
+            if not self.context.set_input_shape(self.input_name, tuple(x.shape)):
+                raise ValueError(f"{self.path}: input shape {tuple(x.shape)} is outside the engine's optimisation profile")
+            self.context.set_tensor_address(self.input_name, x.data_ptr())
+            outputs = {}
+            for name in self.outputs:
+                shape = dims_to_list(self.context.get_tensor_shape(name))
+                outputs[name] = torch.empty(shape, dtype=self.dtypes[name], device="cuda")
+                self.context.set_tensor_address(name, outputs[name].data_ptr())
+            if not self.context.execute_async_v3(self.stream.cuda_stream):
+                raise RuntimeError(f"{self.path}: TensorRT execution failed; see the TensorRT log above")
+        self.stream.synchronize()
+        return outputs[self.output_name].float().cpu()

@@ -35,15 +35,7 @@ def error_series(records: list[dict], kind: str, key: str) -> tuple[list[int], l
     return [p[0] for p in points], [p[1] * scale for p in points]
 
 
-def plot_runs(runs: dict[str, str | Path], output: str | Path, title: str = "", ylim: tuple[float, float] | None = None) -> Path:
-    """One chart: for every run, training error (dashed) and validation error (bold)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(7, 4.5), dpi=120)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+def _draw(axis, runs: dict[str, str | Path], colors: list[str]) -> None:
     for index, (label, run) in enumerate(runs.items()):
         records = read_metrics(run)
         color = colors[index % len(colors)]
@@ -54,11 +46,25 @@ def plot_runs(runs: dict[str, str | Path], output: str | Path, title: str = "", 
             axis.plot(iters, errors, "-", color=color, linewidth=2.2, label=f"{label} test")
     axis.set_xlabel("iteration")
     axis.set_ylabel("error (%)")
-    if ylim:
-        axis.set_ylim(*ylim)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
-    axis.set_title(title)
+
+
+def plot_panels(panels: dict[str, dict[str, str | Path]], output: str | Path,
+                ylim: tuple[float, float] | None = None) -> Path:  # fmt: skip
+    """Side-by-side charts (e.g. plain nets | ResNets, as Fig. 6); each run: train dashed, test bold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), dpi=110, sharey=True, squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for axis, (title, runs) in zip(axes[0], panels.items()):
+        _draw(axis, runs, colors)
+        axis.set_title(title)
+        if ylim:
+            axis.set_ylim(*ylim)
     figure.tight_layout()
     output = Path(output)
     with atomic_path(output) as tmp:
@@ -67,19 +73,35 @@ def plot_runs(runs: dict[str, str | Path], output: str | Path, title: str = "", 
     return output
 
 
+def plot_runs(runs: dict[str, str | Path], output: str | Path, title: str = "", ylim: tuple[float, float] | None = None) -> Path:
+    """One chart: for every run, training error (dashed) and test error (bold)."""
+    return plot_panels({title: runs}, output, ylim)
+
+
+def _runs(items: list[str]) -> dict[str, str]:
+    runs = {}
+    for item in items:
+        label, _, directory = item.rpartition("=")
+        runs[label or Path(directory).name] = directory
+    return runs
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m backbones.analysis",
                                      description="Plot training (dashed) and test (bold) error of runs against iterations.")  # fmt: skip
-    parser.add_argument("runs", nargs="+", help="run directories (with metrics.jsonl), optionally LABEL=DIR")
+    parser.add_argument("runs", nargs="*", help="run directories (with metrics.jsonl), optionally LABEL=DIR")
+    parser.add_argument("--panel", nargs="+", action="append", metavar=("TITLE", "LABEL=DIR"),
+                        help="a chart of its own: a title then runs; repeat for side-by-side charts (Fig. 6)")  # fmt: skip
     parser.add_argument("--output", required=True, help="PNG file to write")
     parser.add_argument("--title", default="")
     parser.add_argument("--ymax", type=float, default=None, help="upper limit of the error axis (percent)")
     args = parser.parse_args(argv)
-    runs = {}
-    for item in args.runs:
-        label, _, directory = item.rpartition("=")
-        runs[label or Path(directory).name] = directory
-    plot_runs(runs, args.output, args.title, (0, args.ymax) if args.ymax else None)
+    panels = {title: _runs(items) for title, *items in (args.panel or [])}
+    if args.runs:
+        panels[args.title] = _runs(args.runs)
+    if not panels or not all(panels.values()):
+        parser.error("give run directories, or --panel TITLE LABEL=DIR ...")
+    plot_panels(panels, args.output, (0, args.ymax) if args.ymax else None)
     print(f"wrote {args.output}")
     return 0
 

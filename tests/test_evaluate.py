@@ -96,3 +96,16 @@ def test_imagenet_protocols_on_a_tiny_val_folder(tmp_path):
     for protocol in ("10crop", "multiscale"):
         result = evaluate("resnet18", [str(weights)], "imagenet", tmp_path, protocol)
         assert result["images"] == 4 and result["top1_err"] in (0, 25, 50, 75, 100)
+
+
+def test_fig6_style_panels_from_runs(trained_run, tmp_path):
+    from backbones.analysis import error_series, main as analysis_main, read_metrics
+
+    out = tmp_path / "fig6.png"
+    assert analysis_main(["--panel", "plain", f"a={trained_run}", "--panel", "ResNet", f"b={trained_run}",
+                          "--output", str(out), "--ymax", "50"]) == 0  # fmt: skip
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    iters, errors = error_series(read_metrics(trained_run), "train", "error")
+    assert iters == [20, 40, 60] and all(0 <= e <= 100 for e in errors)  # training error in percent
+    with pytest.raises(SystemExit):
+        analysis_main(["--output", str(out)])

@@ -1,17 +1,20 @@
-"""Export the zoo's classifiers (ONNX, TensorRT, AOTInductor, eager safetensors) and run them.
+"""Export the zoo's classifiers (ONNX, TensorRT, AOTInductor, eager safetensors) and detectors
+(ONNX with box decoding and NMS inside the graph) and run them with one API.
 
     python -m deploy.export --model resnet50 --weights resnet50.pth --format onnx --output r50.onnx
+    python -m deploy.export --model resnet20 --detector c4 --weights runs/det --format onnx --output det.onnx
 
     import deploy
     predictor = deploy.load("r50.onnx")                  # reads and checks r50.onnx.json (the sidecar)
     predictor.predict(["cat.jpg", "dog.png"], top_k=5)   # [[(class name, probability), ...], ...]
+    deploy.load("det.onnx").predict("street.jpg")        # [[{"box": [x1, y1, x2, y2], "label": .., "score": ..}]]
 
 Imports go downward only: deploy uses backbones (and later detection), never the reverse.
 """
 
 from typing import Any
 
-from .runtime import Predictor, load, load_eager
+from .runtime import DetectionPredictor, Predictor, load, load_eager, load_eager_detector
 from .sidecar import SidecarError, read_sidecar, sidecar_path, validate
 
 _FROM_EXPORT = ("ExportError", "ExportOptions", "ExportResult", "export_model")
@@ -26,5 +29,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'deploy' has no attribute {name!r}")
 
 
-__all__ = ["ExportError", "ExportOptions", "ExportResult", "Predictor", "SidecarError", "export_model", "load",
-           "load_eager", "read_sidecar", "sidecar_path", "validate"]
+__all__ = ["DetectionPredictor", "ExportError", "ExportOptions", "ExportResult", "Predictor", "SidecarError",
+           "export_model", "load", "load_eager", "load_eager_detector", "read_sidecar", "sidecar_path", "validate"]

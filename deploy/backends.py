@@ -1,5 +1,7 @@
 """The engines a :class:`deploy.runtime.Predictor` runs on. Each takes a normalised float32 (N, C, H, W)
 CPU batch and returns the raw outputs (logits) as a float32 CPU tensor; device transfers are theirs.
+Detector backends (:class:`DetectorBackend`) take one float (C, H, W) image in [0, 1] at its own size
+and return its boxes, labels and scores (the graph resizes, normalises and post-processes).
 
 TensorRT's backend lives in :mod:`deploy.tensorrt_engine` (it needs ``tensorrt`` and CUDA).
 """
@@ -45,30 +47,38 @@ def default_providers() -> list[str]:
     return preferred + ["CPUExecutionProvider"]
 
 
+def open_onnx_session(path: Path, providers: Sequence[str] | None = None, threads: int | None = None) -> Any:
+    """An onnxruntime InferenceSession (with ``providers``, falling back to the CPU with a warning)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = _threads() if threads is None else threads
+    wanted = list(providers) if providers is not None else default_providers()
+    try:
+        return ort.InferenceSession(str(path), options, providers=wanted)
+    except Exception as error:  # onnxruntime raises its own exception types (Fail, InvalidProtobuf, ...)
+        if wanted == ["CPUExecutionProvider"]:
+            raise ArtifactLoadError(f"{path}: onnxruntime cannot load it ({type(error).__name__}: {error})") from None
+        warnings.warn(f"{path}: onnxruntime could not start with {wanted} ({error}); using the CPU", stacklevel=3)
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as cpu_error:
+        raise ArtifactLoadError(f"{path}: onnxruntime cannot load it ({type(cpu_error).__name__}: {cpu_error})") from None
+
+
+def _session_device(session: Any) -> str:
+    return "cuda" if session.get_providers()[0] in ("TensorrtExecutionProvider", "CUDAExecutionProvider") else "cpu"
+
+
 class OnnxBackend:
     name = "onnx"
 
     def __init__(self, path: str | Path, input_name: str, output_name: str,
                  providers: Sequence[str] | None = None, threads: int | None = None) -> None:  # fmt: skip
-        import onnxruntime as ort
-
         self.path, self.input_name, self.output_name = Path(path), input_name, output_name
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = _threads() if threads is None else threads
-        wanted = list(providers) if providers is not None else default_providers()
-        try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=wanted)
-        except Exception as error:  # onnxruntime raises its own exception types (Fail, InvalidProtobuf, ...)
-            if wanted == ["CPUExecutionProvider"]:
-                raise ArtifactLoadError(f"{self.path}: onnxruntime cannot load it ({type(error).__name__}: {error})") from None
-            warnings.warn(f"{self.path}: onnxruntime could not start with {wanted} ({error}); using the CPU", stacklevel=2)
-            try:
-                self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
-            except Exception as cpu_error:
-                raise ArtifactLoadError(f"{self.path}: onnxruntime cannot load it ({type(cpu_error).__name__}: "
-                                        f"{cpu_error})") from None  # fmt: skip
+        self.session = open_onnx_session(self.path, providers, threads)
         self.providers: list[str] = self.session.get_providers()
-        self.device = "cuda" if self.providers[0] in ("TensorrtExecutionProvider", "CUDAExecutionProvider") else "cpu"
+        self.device = _session_device(self.session)
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = [o.name for o in self.session.get_outputs()]
         if input_name not in inputs or output_name not in outputs:
@@ -121,3 +131,59 @@ class EagerBackend:
     @torch.no_grad()
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         return self.model(batch.to(self.device, torch.float32)).float().cpu()
+
+
+# ---------------------------------------------------------------- detectors
+Detections = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # boxes (N, 4) float32, labels (N,) int64, scores (N,) float32
+
+
+class DetectorBackend(Protocol):
+    """Runs a detector on ONE float (C, H, W) image in [0, 1]; boxes in that image's pixels."""
+
+    name: str
+    device: str
+
+    def __call__(self, image: torch.Tensor) -> Detections: ...
+
+
+class OnnxDetectionBackend:
+    name = "onnx"
+
+    def __init__(self, path: str | Path, input_name: str, output_names: Sequence[str],
+                 providers: Sequence[str] | None = None, threads: int | None = None) -> None:  # fmt: skip
+        self.path, self.input_name, self.output_names = Path(path), input_name, list(output_names)
+        self.session = open_onnx_session(self.path, providers, threads)
+        self.providers: list[str] = self.session.get_providers()
+        self.device = _session_device(self.session)
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = [o.name for o in self.session.get_outputs()]
+        if input_name not in inputs or not set(self.output_names) <= set(outputs):
+            raise ArtifactLoadError(f"{self.path}: the sidecar names input {input_name!r} and outputs {self.output_names}, "
+                                    f"the model has inputs {list(inputs)} and outputs {outputs}")  # fmt: skip
+        rank = len(inputs[input_name].shape)
+        if rank != 3:
+            raise ArtifactLoadError(f"{self.path}: input {input_name!r} has {rank} dimensions; a detector graph takes "
+                                    "one (C, H, W) image")  # fmt: skip
+
+    def __call__(self, image: torch.Tensor) -> Detections:
+        feed = {self.input_name: image.detach().cpu().float().contiguous().numpy()}
+        boxes, labels, scores = self.session.run(self.output_names, feed)
+        return (torch.from_numpy(np.asarray(boxes, dtype=np.float32)).reshape(-1, 4),
+                torch.from_numpy(np.asarray(labels, dtype=np.int64)),
+                torch.from_numpy(np.asarray(scores, dtype=np.float32)))
+
+
+class EagerDetectionBackend:
+    """A torchvision detector (``model([image])[0]``) run as is: the reference exports are checked against."""
+
+    name = "eager"
+
+    def __init__(self, model: nn.Module, device: str = "cpu") -> None:
+        if device == "cuda" and not torch.cuda.is_available():
+            raise ArtifactLoadError("device 'cuda' asked for, and torch.cuda.is_available() is False here")
+        self.model, self.device = model.to(device).eval(), device
+
+    @torch.no_grad()
+    def __call__(self, image: torch.Tensor) -> Detections:
+        output = self.model([image.to(self.device, torch.float32)])[0]
+        return output["boxes"].float().cpu(), output["labels"].long().cpu(), output["scores"].float().cpu()

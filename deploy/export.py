@@ -18,6 +18,11 @@ temporary folder beside PATH and moved into place only after the check passes.
 
 W is a zoo id, a backbones.train run directory or a weights file; without --weights the model is
 randomly initialised (a warning; for testing pipelines only).
+
+Detectors: ``--detector c4|fpn --weights RUN --format onnx`` exports a ``detection.train`` run's
+Faster R-CNN as one graph (resize, normalise, RPN, RoI heads, box decoding, NMS, score threshold):
+one float image (C, H, W) in [0, 1] in, boxes / labels / scores out, boxes in that image's pixels.
+The check compares detections with PyTorch at two image sizes (see deploy.detection_export).
 """
 
 from __future__ import annotations
@@ -78,6 +83,13 @@ class ExportOptions:
     calibration_cache: Path | None = None  # default <output>.calibration.cache
     timing_cache: Path | None = None  # default <output>.timing.cache
     command: str | None = None
+    # detectors (deploy.detection_export): a detection.train run directory as weights
+    detector: str | None = None  # "c4" or "fpn": export the run's Faster R-CNN (ONNX only)
+    score_thresh: float | None = None  # default: the detector's own (torchvision: 0.05)
+    detections_per_image: int | None = None  # default: the detector's own (torchvision: 100)
+
+
+DETECTOR_ONLY = ("score_thresh", "detections_per_image")
 
 
 @dataclass
@@ -96,8 +108,6 @@ def _onnx_dynamic_axes(dynamic_hw: bool) -> dict[str, dict[int, str]]:
 
 def build_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int = 17, dynamic_hw: bool = False) -> None:
     """Export with the TorchScript exporter, check, and store inferred intermediate shapes."""
-    import onnx
-
     with warnings.catch_warnings():
         # Deliberate: DESIGN.md, "Export facts". The tracer warnings come from the model's input
         # check (static channel count) and option A's strided slice; parity below is the real test.
@@ -109,6 +119,13 @@ def build_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset:
             torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
                               output_names=[OUTPUT_NAME], dynamic_axes=_onnx_dynamic_axes(dynamic_hw),
                               do_constant_folding=True)  # fmt: skip
+    check_onnx_file(path)
+
+
+def check_onnx_file(path: Path) -> None:
+    """``onnx.checker`` (full check) and strict shape inference; the inferred shapes are stored in the file."""
+    import onnx
+
     try:
         onnx.checker.check_model(str(path), full_check=True)
         onnx.shape_inference.infer_shapes_path(str(path), str(path), strict_mode=True)
@@ -277,6 +294,13 @@ def _check_request(output: Path, options: ExportOptions) -> None:
         require_tensorrt()  # fail before any work where TensorRT or CUDA is missing
 
 
+def install_artifact(staged: Path, output: Path) -> None:
+    """Move a checked artifact into place atomically, with the usual permissions (some writers make 0600 files)."""
+    with atomic_path(output) as tmp:
+        shutil.copymode(tmp, staged)
+        os.replace(staged, tmp)
+
+
 def export_model(arch: str, weights: str | Path | None, output: str | Path, options: ExportOptions | None = None,
                  **overrides: Any) -> ExportResult:  # fmt: skip
     """Export ``arch`` (with ``weights``) to ``output``, check parity, then write ``output`` and its sidecar.
@@ -285,6 +309,14 @@ def export_model(arch: str, weights: str | Path | None, output: str | Path, opti
     """
     options = dataclasses.replace(options or ExportOptions(), **overrides)
     output = Path(output)
+    if options.detector is not None:
+        from .detection_export import export_detector
+
+        return export_detector(arch, weights, output, options)
+    given = [f"--{name.replace('_', '-')}" for name in DETECTOR_ONLY if getattr(options, name) is not None]
+    if given:
+        raise ValueError(f"{' and '.join(given)} {'applies' if len(given) == 1 else 'apply'} to detector exports (--detector c4|fpn with a "
+                         f"detection.train run as --weights); {arch} is exported as a classifier")  # fmt: skip
     _check_request(output, options)
     if options.format == "tensorrt":
         options.calibration_cache = options.calibration_cache or output.with_name(output.name + ".calibration.cache")
@@ -317,9 +349,7 @@ def export_model(arch: str, weights: str | Path | None, output: str | Path, opti
         data["parity"] = check_parity(prepared.model, backend, batches, tolerance, label)
         seconds["check"] = time.perf_counter() - start - seconds["export"]
         del backend  # release the file (onnxruntime / AOTInductor keep it open)
-        with atomic_path(output) as tmp:
-            shutil.copymode(tmp, staged)  # the usual permissions (some writers make 0600 files)
-            os.replace(staged, tmp)
+        install_artifact(staged, output)
         sidecar = write_sidecar(output, data)
     seconds["total"] = time.perf_counter() - start
     print(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB) and {sidecar.name} in {seconds['total']:.1f} s "
@@ -339,8 +369,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--opset", type=int, default=17)
     parser.add_argument("--output", type=Path, required=True, help="artifact path (.onnx, .engine/.plan, .pt2, .safetensors)")
     parser.add_argument("--device", choices=["cpu", "cuda"], help="aoti: device to compile for (default cpu)")
-    parser.add_argument("--tolerance", type=float, help="relative error allowed (default: fp32 1e-4, fp16 2e-2, int8 1e-1)")
+    parser.add_argument("--tolerance", type=float, help="relative error allowed (default: fp32 1e-4, fp16 2e-2, int8 1e-1); "
+                        "detectors: box error in pixels (default 1)")
     parser.add_argument("--top-k", type=int, default=5, help="default top-k in the sidecar's postprocessing")
+    det = parser.add_argument_group("detectors (--weights: a detection.train run directory; ONNX only)")
+    det.add_argument("--detector", choices=["c4", "fpn"], help="export the run's Faster R-CNN (its design) instead of a classifier")
+    det.add_argument("--score-thresh", type=float, help="drop detections scoring below this in the graph (default: the run's, 0.05)")
+    det.add_argument("--detections-per-image", type=int, help="keep at most this many per image (default: the run's, 100)")
     trt = parser.add_argument_group("tensorrt")
     trt.add_argument("--opt-batch", type=int, default=8, help="profile batch TensorRT tunes for (and calibrates with)")
     trt.add_argument("--max-batch", type=int, default=32, help="largest batch of the profile")
@@ -353,6 +388,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if __name__ == "__main__":
+        # `python -m deploy.export` runs this file as __main__, a second copy of deploy.export: run the
+        # package's copy, whose ExportError is the one deploy.detection_export raises.
+        from deploy.export import main as package_main
+
+        return package_main(argv)
     args = build_parser().parse_args(argv)
     from .tensorrt_build import EngineCompatibilityError
 
@@ -361,6 +402,8 @@ def main(argv: list[str] | None = None) -> int:
                             max_batch=args.max_batch, workspace_gib=args.workspace_gib,
                             calibration_dir=args.calibration_dir, calibration_images=args.calibration_images,
                             calibration_cache=args.calibration_cache, timing_cache=args.timing_cache,
+                            detector=args.detector, score_thresh=args.score_thresh,
+                            detections_per_image=args.detections_per_image,
                             command="python -m deploy.export " + shlex.join(sys.argv[1:] if argv is None else argv))  # fmt: skip
     try:
         export_model(args.model, args.weights, args.output, options)

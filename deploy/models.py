@@ -114,3 +114,76 @@ def prepare_model(arch: str, weights: str | Path | None = None, **constructor: A
     digest = sha256_of(file) if file is not None and file.is_file() else None
     options = {**_constructor_of(source), **constructor, "in_chans": channels}
     return PreparedModel(arch, model, class_names, sidecar_pre, source, digest, options)
+
+
+# ---------------------------------------------------------------- detectors
+@dataclass
+class PreparedDetector:
+    """A ``detection.train`` run's Faster R-CNN with what its artifacts must carry."""
+
+    arch: str
+    design: str  # "c4" or "fpn"
+    model: Any  # torchvision FasterRCNN (untyped), eval mode, CPU, fp32
+    class_names: list[str]  # label l (1..C) is class_names[l - 1]; 0 is background and never output
+    channels: int
+    config: dict[str, Any]  # the run's config.json
+    weights: str  # the run directory (or its weights file)
+    weights_sha256: str | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def transform(self) -> Any:
+        return self.model.transform  # GeneralizedRCNNTransform: min_size, max_size, image_mean, image_std
+
+    def preprocessing(self) -> dict[str, Any]:
+        """The sidecar's ``preprocessing`` record: what the caller does (float image in [0, 1]) and
+        what the graph does itself (resize, normalise, pad), for the record."""
+        t = self.transform
+        return {"type": "detector_graph", "channels": self.channels, "layout": "CHW", "value_range": [0.0, 1.0],
+                "scale": 255.0, "min_size": int(t.min_size[-1]), "max_size": int(t.max_size),
+                "size_divisible": int(t.size_divisible), "interpolation": "bilinear",
+                "mean": [float(v) for v in t.image_mean], "std": [float(v) for v in t.image_std]}  # fmt: skip
+
+    def postprocessing(self) -> dict[str, Any]:
+        heads = self.model.roi_heads
+        return {"type": "detection", "boxes": "boxes", "labels": "labels", "scores": "scores", "box_format": "xyxy",
+                "box_coordinates": "pixels of the image given to the graph", "label_offset": 1,
+                "score_thresh": float(heads.score_thresh), "nms_thresh": float(heads.nms_thresh),
+                "detections_per_image": int(heads.detections_per_img), "sorted": "by score, descending"}  # fmt: skip
+
+
+def prepare_detector(arch: str, weights: str | Path, design: str | None = None, *, score_thresh: float | None = None,
+                     detections_per_image: int | None = None) -> PreparedDetector:  # fmt: skip
+    """Rebuild the detector of a ``detection.train`` run directory (config.json + final.safetensors).
+
+    ``arch`` and ``design`` (when given) must be what the run trained; ``score_thresh`` and
+    ``detections_per_image`` replace the box head's inference settings (torchvision: 0.05, 100)."""
+    from detection.eval import load_detector, load_run
+
+    source = Path(weights)
+    if not source.exists():
+        raise FileNotFoundError(f"{source}: no such run directory (a detector needs a detection.train run: "
+                                "config.json + final.safetensors)")  # fmt: skip
+    config, file = load_run(source)
+    if design is not None and config["design"] != design:
+        raise ValueError(f"{source}: the run trained a {config['design']!r} detector, not {design!r} "
+                         f"(pass --detector {config['design']})")  # fmt: skip
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} is missing: the run at {source} has no final weights yet")
+    loaded, config = load_detector(arch, source)
+    model: Any = loaded  # torchvision FasterRCNN
+    heads = model.roi_heads
+    if score_thresh is not None:
+        if not 0.0 <= score_thresh < 1.0:
+            raise ValueError(f"score_thresh must lie in [0, 1), got {score_thresh}")
+        heads.score_thresh = float(score_thresh)
+    if detections_per_image is not None:
+        if detections_per_image < 1:
+            raise ValueError(f"detections_per_image must be a positive integer, got {detections_per_image}")
+        heads.detections_per_img = int(detections_per_image)
+    channels = int(config.get("channels", model.backbone_info.in_chans))
+    return PreparedDetector(arch, config["design"], model.float().eval(), list(config["class_names"]), channels,
+                            config, str(weights), sha256_of(file))  # fmt: skip

@@ -3,6 +3,7 @@
 Every accepted input (a file path, a PIL image, a numpy array, a tensor) first becomes a float32
 (C, H, W) tensor in [0, 1]; resizing, cropping and padding then run on tensors (torchvision's
 antialiased resize), so the same pixels give the same network input whatever type they came in.
+Detectors stop after that first step (:class:`ImageReader`): their graph resizes and normalises.
 
 Geometry, in order:
 
@@ -56,25 +57,15 @@ def from_zoo_preprocess(record: dict[str, Any]) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class Preprocessor:
-    input_size: int
+class ImageReader:
+    """Any accepted input -> float (C, H, W) tensors in [0, 1] with ``channels`` channels, sizes kept.
+
+    Classifiers go on to :class:`Preprocessor`'s geometry; detectors take these images as they are
+    (their graph resizes and normalises)."""
+
     channels: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    resize: int | None = None
-    pad_to: int | None = None
-    interpolation: str = "bilinear"
-    antialias: bool = True
-    scale: float = 255.0
 
-    @classmethod
-    def from_sidecar(cls, record: dict[str, Any]) -> Preprocessor:
-        return cls(record["input_size"], record["channels"], tuple(record["mean"]), tuple(record["std"]),
-                   record.get("resize"), record.get("pad_to"), record.get("interpolation", "bilinear"),
-                   record.get("antialias", True), float(record.get("scale", 255.0)))  # fmt: skip
-
-    # ------------------------------------------------------------ inputs -> float (C, H, W) in [0, 1]
-    def to_float_images(self, images: Images) -> list[torch.Tensor]:
+    def __call__(self, images: Images) -> list[torch.Tensor]:
         """Split ``images`` (one image, a batch, or a list of either) into float (C, H, W) tensors."""
         if isinstance(images, (list, tuple)):
             if not images:
@@ -93,7 +84,10 @@ class Preprocessor:
         if isinstance(item, Image.Image):
             return [self._from_pil(item)]
         if isinstance(item, np.ndarray):
-            return self._from_array(torch.from_numpy(np.ascontiguousarray(item)), where, channels_last=True)
+            array = np.ascontiguousarray(item)
+            if not array.flags.writeable:  # e.g. read-only sample images; torch wants writable memory
+                array = array.copy()
+            return self._from_array(torch.from_numpy(array), where, channels_last=True)
         if isinstance(item, torch.Tensor):
             return self._from_array(item.detach().cpu(), where, channels_last=False)
         raise ImageInputError(f"{where} has type {type(item).__name__}; expected a file path, a PIL image, a uint8 numpy "
@@ -147,6 +141,30 @@ class Preprocessor:
         else:
             raise ImageInputError(f"{where} has dtype {batch.dtype}; expected uint8 (0..255) or float (0..1)")
         return list(floats.contiguous().unbind(0))
+
+
+@dataclass(frozen=True)
+class Preprocessor:
+    input_size: int
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    resize: int | None = None
+    pad_to: int | None = None
+    interpolation: str = "bilinear"
+    antialias: bool = True
+    scale: float = 255.0
+
+    @classmethod
+    def from_sidecar(cls, record: dict[str, Any]) -> Preprocessor:
+        return cls(record["input_size"], record["channels"], tuple(record["mean"]), tuple(record["std"]),
+                   record.get("resize"), record.get("pad_to"), record.get("interpolation", "bilinear"),
+                   record.get("antialias", True), float(record.get("scale", 255.0)))  # fmt: skip
+
+    # ------------------------------------------------------------ inputs -> float (C, H, W) in [0, 1]
+    def to_float_images(self, images: Images) -> list[torch.Tensor]:
+        """Split ``images`` (one image, a batch, or a list of either) into float (C, H, W) tensors."""
+        return ImageReader(self.channels)(images)
 
     # ------------------------------------------------------------ geometry and normalisation
     def geometry(self, image: torch.Tensor) -> torch.Tensor:

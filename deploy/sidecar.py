@@ -23,6 +23,27 @@ the parity figures of the export check. One example (a classifier exported to ON
      "parity": {"reference": "PyTorch eager, fp32, cpu", "rel_error": 3e-07, "max_abs_error": 4e-06, …},
      "tensorrt": null}
 
+A detector (task "detection", backend "onnx") takes ONE float image and gives its detections::
+
+     "inputs": [{"name": "image", "shape": [3, "height", "width"], "dtype": "float32"}],
+     "outputs": [{"name": "boxes", "shape": ["detections", 4], "dtype": "float32"},
+                 {"name": "labels", "shape": ["detections"], "dtype": "int64"},
+                 {"name": "scores", "shape": ["detections"], "dtype": "float32"}],
+     "preprocessing": {"type": "detector_graph", "channels": 3, "layout": "CHW", "value_range": [0.0, 1.0],
+                       "scale": 255.0, "min_size": 600, "max_size": 1000, "size_divisible": 32,
+                       "interpolation": "bilinear", "mean": […], "std": […]},
+     "postprocessing": {"type": "detection", "boxes": "boxes", "labels": "labels", "scores": "scores",
+                        "box_format": "xyxy", "box_coordinates": "pixels of the image given to the graph",
+                        "label_offset": 1, "score_thresh": 0.05, "nms_thresh": 0.5,
+                        "detections_per_image": 100, "sorted": "by score, descending"},
+     "model": {"arch": "resnet50", "design": "c4", "weights": "runs/det-…", "num_classes": 20, "config": {…}},
+
+The caller gives pixel values / 255 (RGB, or luminance for 1-channel backbones) at the image's own
+size; the graph resizes (shorter side to min_size, longer at most max_size), normalises with
+mean/std and pads, runs the RPN, RoI heads, box decoding, per-class NMS and the score threshold,
+and maps the boxes back to the given image: x1, y1, x2, y2 in its pixels. Label l (1..C) is
+``class_names[l - 1]``. ``preprocessing`` other than channels and value_range is informational.
+
 ``tensorrt`` (backend "tensorrt" only) is ``{"version", "gpu", "compute_capability", "profiles":
 [{input name: {"min", "opt", "max"}}], "calibration": …}``.
 
@@ -197,9 +218,7 @@ def _check_classification(check: _Checker) -> None:
     if len(shape) != 4:
         raise check.fail("inputs[0].shape", f"must be (batch, channels, height, width), got {shape}")
     _check_preprocessing(check, shape)
-    names = check.kind("class_names", list)
-    if not names or not all(isinstance(n, str) for n in names):
-        raise check.fail("class_names", "must be a non-empty list of strings")
+    names = _check_class_names(check)
     check.choice("postprocessing.type", ("softmax_topk",))
     output = check.kind("postprocessing.output", str)
     by_name = {t["name"]: t for t in outputs}
@@ -211,8 +230,62 @@ def _check_classification(check: _Checker) -> None:
     check.positive_int("postprocessing.top_k")
 
 
-# A task adds its own checks here (detection: boxes, labels, scores, …).
-TASK_CHECKS: dict[str, Callable[[_Checker], None]] = {"classification": _check_classification}
+def _check_class_names(check: _Checker) -> list[str]:
+    names = check.kind("class_names", list)
+    if not names or not all(isinstance(n, str) and n for n in names):
+        raise check.fail("class_names", "must be a non-empty list of non-empty strings")
+    return names
+
+
+def _check_detector_preprocessing(check: _Checker, input_shape: list[Any]) -> None:
+    check.choice("preprocessing.type", ("detector_graph",))
+    channels = check.positive_int("preprocessing.channels")
+    if isinstance(input_shape[0], int) and input_shape[0] != channels:
+        raise check.fail("preprocessing.channels", f"is {channels}, but input {input_shape} takes {input_shape[0]} channel(s)")
+    check.choice("preprocessing.layout", ("CHW",))
+    if check.get("preprocessing.value_range") != [0, 1]:
+        raise check.fail("preprocessing.value_range", "must be [0.0, 1.0] (the graph takes float images in [0, 1]), "
+                         f"got {check.get('preprocessing.value_range')!r}")  # fmt: skip
+    min_size, max_size = check.positive_int("preprocessing.min_size"), check.positive_int("preprocessing.max_size")
+    assert min_size is not None and max_size is not None
+    if min_size > max_size:
+        raise check.fail("preprocessing.min_size", f"({min_size}) must not exceed max_size ({max_size})")
+    check.positive_int("preprocessing.size_divisible")
+    check.numbers("preprocessing.mean", channels)
+    check.numbers("preprocessing.std", channels, positive=True)
+
+
+def _check_detection(check: _Checker) -> None:
+    """One float image (C, H, W) in, boxes / labels / scores out; boxes in the input image's pixels."""
+    inputs, outputs = _check_tensors(check, "inputs"), _check_tensors(check, "outputs")
+    if len(inputs) != 1:
+        raise check.fail("inputs", f"a detector takes one image, {len(inputs)} inputs are listed")
+    shape = inputs[0]["shape"]
+    if len(shape) != 3:
+        raise check.fail("inputs[0].shape", f"must be (channels, height, width) for one image, got {shape}")
+    _check_detector_preprocessing(check, shape)
+    _check_class_names(check)
+    check.choice("postprocessing.type", ("detection",))
+    by_name = {t["name"]: t for t in outputs}
+    for role, rank in (("boxes", 2), ("labels", 1), ("scores", 1)):
+        name = check.kind(f"postprocessing.{role}", str)
+        if name not in by_name:
+            raise check.fail(f"postprocessing.{role}", f"names {name!r}, which is not among the outputs {list(by_name)}")
+        if len(by_name[name]["shape"]) != rank or (role == "boxes" and by_name[name]["shape"][1] != 4):
+            raise check.fail(f"postprocessing.{role}", f"names output {name!r} of shape {by_name[name]['shape']}; "
+                             f"{role} must be {'(detections, 4)' if role == 'boxes' else '(detections,)'}")  # fmt: skip
+    check.choice("postprocessing.box_format", ("xyxy",))
+    if check.kind("postprocessing.label_offset", int) != 1:
+        raise check.fail("postprocessing.label_offset", "must be 1 (label l names class_names[l - 1]; 0 is background)")
+    threshold = check.kind("postprocessing.score_thresh", (int, float))
+    if not 0 <= threshold < 1:
+        raise check.fail("postprocessing.score_thresh", f"must lie in [0, 1), got {threshold}")
+    check.positive_int("postprocessing.detections_per_image")
+
+
+# A task adds its own checks here.
+TASK_CHECKS: dict[str, Callable[[_Checker], None]] = {"classification": _check_classification,
+                                                      "detection": _check_detection}  # fmt: skip
 
 
 def _check_tensorrt(check: _Checker) -> None:

@@ -1,0 +1,351 @@
+"""Export a ``detection.train`` run's Faster R-CNN as one ONNX graph, and check it against PyTorch.
+
+    python -m deploy.export --model resnet50 --detector c4 --weights runs/det-resnet50-c4-voc07+12 \\
+        --format onnx --output det.onnx
+
+The graph is the whole detector: resize (shorter side to min_size, longer at most max_size),
+normalisation and padding (torchvision's GeneralizedRCNNTransform), backbone, RPN, RoIAlign, box
+head, box decoding, per-class NMS, the score threshold and the top ``detections_per_image``, and
+the boxes mapped back to the input image. Contract (also in the sidecar):
+
+* input ``image``: ONE float32 image (C, H, W), pixel values / 255 in [0, 1] (RGB; luminance for a
+  1-channel backbone), any H and W;
+* outputs ``boxes`` (N, 4) float32 x1, y1, x2, y2 in the input image's pixels, ``labels`` (N,) int64
+  in 1..C (``class_names[label - 1]``), ``scores`` (N,) float32, sorted by score, descending.
+
+Exporter: ``torch.onnx.export(dynamo=False)``, opset 17 (DESIGN.md, "Export facts"). One fix is
+applied while tracing: torchvision's traced resize computes the resized size in float32 where eager
+PyTorch uses float64, so for some image sizes the graph resized to one pixel less than PyTorch
+(e.g. 121 * float32(128 / 121) = 127.99999 -> 127) and shifted every box (seen: ~1/3 of random
+sizes, boxes off by up to 2 px, other detections). :class:`ExactResizeTransform` traces the eager
+arithmetic instead (pytorch/vision#3654 discusses the same float32/float64 difference).
+
+The check: natural-looking images (:mod:`deploy.samples`) at two sizes, one smaller than min_size
+(upscaled) and one larger in the other orientation (downscaled), run through onnxruntime and
+through the PyTorch detector; see :func:`match_detections` for the rule. Fewer than
+``MIN_COMPARED`` detections to compare (a detector that finds little in synthetic images) makes the
+check also run the same graph exported with ``score_thresh=0``, so the comparison always has
+something to compare. A mismatch fails the export and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+import time
+import warnings
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+from backbones.fileio import sha256_of
+
+from .backends import ArtifactLoadError, Detections, OnnxDetectionBackend
+from .export import ExportError, ExportOptions, ExportResult, check_onnx_file, install_artifact
+from .models import PreparedDetector, prepare_detector
+from .samples import natural_images
+from .sidecar import FORMAT, VERSION, sidecar_path, tool_versions, validate, write_sidecar
+
+INPUT_NAME = "image"
+OUTPUT_NAMES = ("boxes", "labels", "scores")
+BOX_TOLERANCE_PX = 1.0  # default --tolerance for detectors: largest coordinate difference, in input pixels
+SCORE_TOLERANCE = 1e-3  # scores must agree this well; detections this close in score may swap ranks
+MIN_COMPARED = 10  # fewer matched detections over the check images: also check at score_thresh 0
+
+
+# ---------------------------------------------------------------- the graph
+class ExactResizeTransform(GeneralizedRCNNTransform):
+    """GeneralizedRCNNTransform whose traced resize gives eager PyTorch's size for every input size.
+
+    Eager: scale = min(min_size / shorter, max_size / longer) and size = floor(side * scale), both in
+    float64 (Python floats). Traced by torchvision: the same in float32, one pixel short for some
+    sizes. Here the traced graph does it in float64 and resizes to that size (ONNX Resize with
+    ``sizes``; bilinear, half-pixel, as ``interpolate(size=...)``). Eager calls are torchvision's own."""
+
+    @classmethod
+    def like(cls, transform: GeneralizedRCNNTransform) -> ExactResizeTransform:
+        return cls(transform.min_size, transform.max_size, transform.image_mean, transform.image_std,
+                   transform.size_divisible, transform.fixed_size)  # fmt: skip
+
+    def resize(self, image: torch.Tensor, target: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, Any]:
+        if not torchvision._is_tracing() or self.training or self.fixed_size is not None or target is not None:
+            return super().resize(image, target)
+        shape = torch._shape_as_tensor(image)[-2:].to(torch.float64)
+        # Tensors, not Python scalars: the exporter turns `scalar / tensor` into a float32 Reciprocal.
+        limits = torch.tensor([float(self.min_size[-1]), float(self.max_size)], dtype=torch.float64)
+        scale = (limits / torch.stack([shape.min(), shape.max()])).min()
+        size = torch.floor(shape * scale).to(torch.int64)
+        hw: Any = [size[0], size[1]]  # traced tensors: the graph resizes to a computed size
+        resized = F.interpolate(image[None], size=hw, mode="bilinear", align_corners=False)
+        return resized[0], target
+
+
+@contextmanager
+def exact_resize(detector: nn.Module) -> Iterator[nn.Module]:
+    """``detector`` with :class:`ExactResizeTransform` for the duration (eager results are unchanged)."""
+    original = detector.transform
+    detector.transform = ExactResizeTransform.like(original)
+    try:
+        yield detector
+    finally:
+        detector.transform = original
+
+
+class DetectorGraph(nn.Module):
+    """The exported function: one (C, H, W) image -> (boxes, labels, scores)."""
+
+    def __init__(self, detector: nn.Module) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        found = self.detector([image])[0]
+        return found["boxes"], found["labels"], found["scores"]
+
+
+def build_detector_onnx(detector: nn.Module, example: torch.Tensor, path: Path, opset: int = 17) -> None:
+    """Trace ``detector`` (eval mode) with the TorchScript exporter: dynamic height, width and detection count."""
+    axes = {INPUT_NAME: {1: "height", 2: "width"}, **{name: {0: "detections"} for name in OUTPUT_NAMES}}
+    with warnings.catch_warnings():
+        # Deliberate (DESIGN.md, "Export facts"); torchvision's detection code warns about traced
+        # shape arithmetic by design. The parity check below is the real test.
+        warnings.filterwarnings("ignore", message=r".*legacy TorchScript-based ONNX export")
+        warnings.filterwarnings("ignore", message=r"The feature will be removed")
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=r"Constant folding - Only steps=1")
+        warnings.filterwarnings("ignore", message=r"To copy construct from a tensor")  # torchvision's resize_boxes
+        warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated")  # torchvision's scripted helpers
+        # torchvision indexes with nonzero()/topk() results, never negative indices
+        warnings.filterwarnings("ignore", message=r"Exporting aten::index operator of advanced indexing")
+        # A fresh wrapper is in training mode, and torch.onnx.export restores that mode on the whole
+        # tree afterwards: export an eval-mode wrapper, so the detector stays in eval mode.
+        with torch.no_grad(), exact_resize(detector.eval()):
+            torch.onnx.export(DetectorGraph(detector).eval(), (example,), str(path), dynamo=False, opset_version=opset,
+                              input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES), dynamic_axes=axes,
+                              do_constant_folding=True)  # fmt: skip
+    check_onnx_file(path)
+
+
+# ---------------------------------------------------------------- the check
+def check_sizes(min_size: int, max_size: int) -> list[tuple[int, int]]:
+    """Two (H, W): landscape, shorter side under min_size (upscaled); portrait, over it (downscaled).
+    Odd sizes, so rounding in the resize matters."""
+    landscape = (3 * min_size // 4 + 1, min_size + min_size // 3 + 3)
+    portrait = (min_size + min_size // 2 + 5, min_size + min_size // 8 + 1)
+    return [landscape, portrait]
+
+
+def parity_images(prepared: PreparedDetector) -> list[torch.Tensor]:
+    pre = prepared.preprocessing()
+    return [natural_images(1, size, prepared.channels, seed=10 + index)[0].float() / 255
+            for index, size in enumerate(check_sizes(pre["min_size"], pre["max_size"]))]  # fmt: skip
+
+
+def _floor(scores: torch.Tensor, score_thresh: float, max_detections: int) -> float:
+    """Below this score a detection may exist on one side only: the threshold, or the lowest kept
+    score when the detections_per_image cap was reached."""
+    if len(scores) >= max_detections:
+        return max(score_thresh, float(scores.min()))
+    return score_thresh
+
+
+def match_detections(expected: Detections, got: Detections, *, score_thresh: float, max_detections: int,
+                     box_tolerance: float = BOX_TOLERANCE_PX,
+                     score_tolerance: float = SCORE_TOLERANCE) -> dict[str, Any]:  # fmt: skip
+    """Pair PyTorch's detections (``expected``) with the artifact's (``got``), by order of score.
+
+    Compared: the detections scoring at least ``floor + score_tolerance`` on either side, where floor
+    is the score threshold (or, when an output hit the ``max_detections`` cap, its lowest score):
+    detections at the edge may legitimately fall on one side only. Walking PyTorch's detections
+    best first, each pairs with the artifact's detection of the same label whose score is within
+    ``score_tolerance`` and whose box is closest (largest coordinate difference); that box must lie
+    within ``box_tolerance`` pixels. Normally the partner is the one at the same rank; near-equal
+    scores may swap ranks (counted as ``rank_swaps``). Every compared detection on both sides
+    must be paired; anything left over is reported.
+    """
+    e_boxes, e_labels, e_scores = expected
+    g_boxes, g_labels, g_scores = got
+    floor = max(_floor(e_scores, score_thresh, max_detections), _floor(g_scores, score_thresh, max_detections))
+    floor += score_tolerance
+    e_order = torch.argsort(e_scores, descending=True, stable=True).tolist()
+    g_order = torch.argsort(g_scores, descending=True, stable=True).tolist()
+    g_rank = {index: rank for rank, index in enumerate(g_order)}
+    used: set[int] = set()
+    unmatched, worst_box, worst_score, swaps = [], 0.0, 0.0, 0
+    compared = [i for i in e_order if float(e_scores[i]) >= floor]
+    for rank, i in enumerate(compared):
+        best, best_error = None, float("inf")
+        for j in g_order:
+            if j in used or int(g_labels[j]) != int(e_labels[i]) or abs(float(g_scores[j] - e_scores[i])) > score_tolerance:
+                continue
+            error = float((g_boxes[j] - e_boxes[i]).abs().max())
+            if error < best_error:
+                best, best_error = j, error
+        if best is None or best_error > box_tolerance:
+            nearest = "none with that label and score" if best is None else f"nearest box off by {best_error:.2f} px"
+            unmatched.append(f"#{rank + 1} label {int(e_labels[i])} score {float(e_scores[i]):.4f} box "
+                             f"{[round(v, 1) for v in e_boxes[i].tolist()]} ({nearest})")  # fmt: skip
+            continue
+        used.add(best)
+        swaps += int(g_rank[best] != rank)
+        worst_box = max(worst_box, best_error)
+        worst_score = max(worst_score, abs(float(g_scores[best] - e_scores[i])))
+    extra = [f"label {int(g_labels[j])} score {float(g_scores[j]):.4f} box {[round(v, 1) for v in g_boxes[j].tolist()]}"
+             for j in g_order if j not in used and float(g_scores[j]) >= floor]  # fmt: skip
+    return {"reference_detections": len(e_scores), "artifact_detections": len(g_scores), "compared": len(compared),
+            "compared_from_score": floor, "max_box_error_px": worst_box, "max_score_error": worst_score,
+            "rank_swaps": swaps, "unmatched": unmatched, "extra": extra}  # fmt: skip
+
+
+def check_detection_parity(reference: Any, run: Callable[[torch.Tensor], Detections], images: list[torch.Tensor],
+                           box_tolerance: float, label: str) -> dict[str, Any]:  # fmt: skip
+    """Compare ``run`` with the eager ``reference`` detector image by image; raise ExportError on a mismatch."""
+    heads = reference.roi_heads
+    score_thresh, max_detections = float(heads.score_thresh), int(heads.detections_per_img)
+    rows = []
+    for image in images:
+        with torch.no_grad():
+            found = reference.eval()([image])[0]
+        expected = (found["boxes"], found["labels"], found["scores"])
+        try:
+            got = run(image)
+        except Exception as error:  # any failure of the artifact on a valid image is an export failure
+            raise ExportError(f"{label}: running the artifact on an image of shape {tuple(image.shape)} failed "
+                              f"({type(error).__name__}: {error})") from None  # fmt: skip
+        row = {"shape": list(image.shape), **match_detections(expected, got, score_thresh=score_thresh,
+                                                               max_detections=max_detections, box_tolerance=box_tolerance)}
+        rows.append(row)
+        if row["unmatched"] or row["extra"]:
+            problems = [f"PyTorch's {u} has no match in the artifact" for u in row["unmatched"][:3]]
+            problems += [f"the artifact's {e} has no match in PyTorch" for e in row["extra"][:3]]
+            raise ExportError(f"{label}: the artifact does not match PyTorch on an image of shape {tuple(image.shape)} "
+                              f"({row['compared']} detections compared from score {row['compared_from_score']:.3f}, "
+                              f"box tolerance {box_tolerance:g} px): " + "; ".join(problems))  # fmt: skip
+    compared = sum(r["compared"] for r in rows)
+    worst_box = max(r["max_box_error_px"] for r in rows)
+    worst_score = max(r["max_score_error"] for r in rows)
+    summary = "; ".join(f"image {r['shape']}: {r['compared']} of {r['reference_detections']} detections compared, "
+                        f"max box error {r['max_box_error_px']:.2e} px, max score error {r['max_score_error']:.1e}, "
+                        f"rank swaps {r['rank_swaps']}" for r in rows)  # fmt: skip
+    print(f"{label} parity vs PyTorch (score_thresh {score_thresh:g}): {summary}")
+    for row in rows:  # the lists are empty here; keep the record short
+        del row["unmatched"], row["extra"]
+    return {"reference": "PyTorch eager, fp32, cpu", "inputs": "synthetic natural-looking images (deploy.samples)",
+            "metric": "detections paired by score order (same label, score within "
+                      f"{SCORE_TOLERANCE:g}); largest box coordinate difference in input pixels",
+            "score_thresh": score_thresh, "compared": compared, "max_box_error_px": worst_box,
+            "max_score_error": worst_score, "tolerance_px": box_tolerance, "images": rows}  # fmt: skip
+
+
+# ---------------------------------------------------------------- the sidecar
+def detection_sidecar(prepared: PreparedDetector, artifact: Path, name: str, options: ExportOptions) -> dict[str, Any]:
+    axes = {INPUT_NAME: {"1": "height", "2": "width"}, **{output: {"0": "detections"} for output in OUTPUT_NAMES}}
+    return {
+        "format": FORMAT, "version": VERSION, "task": "detection", "backend": "onnx",
+        "artifact": {"file": name, "sha256": sha256_of(artifact), "size": artifact.stat().st_size},
+        "model": {"arch": prepared.arch, "design": prepared.design, "weights": prepared.weights,
+                  "weights_sha256": prepared.weights_sha256, "num_classes": prepared.num_classes,
+                  "dataset": prepared.config.get("dataset"), "config": prepared.config.get("model", {})},
+        "precision": "fp32", "device": "any",
+        "inputs": [{"name": INPUT_NAME, "shape": [prepared.channels, "height", "width"], "dtype": "float32"}],
+        "outputs": [{"name": "boxes", "shape": ["detections", 4], "dtype": "float32"},
+                    {"name": "labels", "shape": ["detections"], "dtype": "int64"},
+                    {"name": "scores", "shape": ["detections"], "dtype": "float32"}],
+        "dynamic_axes": axes,
+        "preprocessing": prepared.preprocessing(),
+        "postprocessing": prepared.postprocessing(),
+        "class_names": prepared.class_names,
+        "tools": tool_versions(),
+        "export": {"exporter": "torch.onnx.export(dynamo=False)", "opset": options.opset,
+                   "resize": "deploy.detection_export.ExactResizeTransform (eager PyTorch's float64 size arithmetic)",
+                   "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": options.command},
+        "parity": None,
+        "tensorrt": None,
+    }  # fmt: skip
+
+
+# ---------------------------------------------------------------- the pipeline
+def _check_detector_request(output: Path, weights: str | Path | None, options: ExportOptions) -> None:
+    if options.detector not in ("c4", "fpn"):
+        raise ValueError(f"--detector must be c4 or fpn, got {options.detector!r}")
+    if options.format != "onnx":
+        raise ValueError(f"detectors export to ONNX only (--format onnx), not {options.format!r}; the eager PyTorch "
+                         "detector is the run directory itself: deploy.load(RUN_DIR)")  # fmt: skip
+    if options.precision != "fp32":
+        raise ValueError(f"detector ONNX exports are fp32, not {options.precision!r}")
+    if output.suffix != ".onnx":
+        raise ValueError(f"{output}: an onnx artifact must end in .onnx")
+    if weights is None:
+        raise ValueError("a detector export needs --weights RUN_DIR, a detection.train run directory "
+                         "(config.json + final.safetensors)")  # fmt: skip
+
+
+def _open(path: Path, label: str) -> OnnxDetectionBackend:
+    try:
+        return OnnxDetectionBackend(path, INPUT_NAME, OUTPUT_NAMES, ["CPUExecutionProvider"])
+    except ArtifactLoadError as error:
+        raise ExportError(f"{label}: the new artifact does not load: {error}") from error
+
+
+def _low_threshold_check(prepared: PreparedDetector, example: torch.Tensor, images: list[torch.Tensor], work: Path,
+                         options: ExportOptions, tolerance: float, label: str) -> dict[str, Any]:  # fmt: skip
+    """The same graph with score_thresh 0 (the only difference: one constant), so detections exist."""
+    probe: Any = copy.deepcopy(prepared.model)
+    probe.roi_heads.score_thresh = 0.0
+    path = work / "score_thresh_0.onnx"
+    build_detector_onnx(probe, example, path, options.opset)
+    backend = _open(path, label)
+    return check_detection_parity(probe, backend, images, tolerance, f"{label} (check graph, score_thresh 0)")
+
+
+def export_detector(arch: str, weights: str | Path | None, output: str | Path, options: ExportOptions) -> ExportResult:
+    """Export the detector of run ``weights`` to ONNX at ``output``, check it, then write it and its sidecar."""
+    output = Path(output)
+    _check_detector_request(output, weights, options)
+    assert weights is not None and options.detector is not None
+    tolerance = options.tolerance if options.tolerance is not None else BOX_TOLERANCE_PX
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    prepared = prepare_detector(arch, weights, options.detector, score_thresh=options.score_thresh,
+                                detections_per_image=options.detections_per_image)  # fmt: skip
+    pre = prepared.preprocessing()
+    example_size = (pre["min_size"] * 7 // 8 + 3, pre["min_size"] * 6 // 5 + 1)
+    example = natural_images(1, example_size, prepared.channels, seed=9)[0].float() / 255
+    label = f"onnx fp32 {arch} {prepared.design} detector"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as work_dir:
+        work = Path(work_dir)
+        staged = work / output.name
+        try:
+            build_detector_onnx(prepared.model, example, staged, options.opset)
+        except ExportError:
+            raise
+        except Exception as error:  # the exporter's own failure: say which step, keep the cause chained
+            first = (str(error).strip().splitlines() or [""])[0]
+            raise ExportError(f"{label}: the ONNX export itself failed ({type(error).__name__}: {first})") from error
+        seconds["export"] = time.perf_counter() - start
+        data = detection_sidecar(prepared, staged, output.name, options)
+        validate(data, sidecar_path(output))
+        backend = _open(staged, label)
+        images = parity_images(prepared)
+        parity = check_detection_parity(prepared.model, backend, images, tolerance, label)
+        del backend  # release the file
+        if parity["compared"] < MIN_COMPARED:
+            print(f"{label}: only {parity['compared']} detection(s) above score_thresh {parity['score_thresh']:g} on the "
+                  "check images; checking the same graph at score_thresh 0 as well")  # fmt: skip
+            parity["score_thresh_0"] = _low_threshold_check(prepared, example, images, work, options, tolerance, label)
+        data["parity"] = parity
+        seconds["check"] = time.perf_counter() - start - seconds["export"]
+        install_artifact(staged, output)
+        sidecar = write_sidecar(output, data)
+    seconds["total"] = time.perf_counter() - start
+    print(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB) and {sidecar.name} in {seconds['total']:.1f} s "
+          f"(export {seconds['export']:.1f} s, check {seconds['check']:.1f} s)")  # fmt: skip
+    return ExportResult(output, sidecar, data["parity"], seconds)

@@ -1,0 +1,306 @@
+"""deploy: Faster R-CNN detectors (C4, FPN) to ONNX with post-processing in the graph, parity, sidecar, runtime.
+
+The detectors are detection.train-shaped run directories written here (config.json +
+final.safetensors) with planted heads, so that they detect something: a random-init detector
+scores every region about 1/(C+1) and its RPN saturates. :func:`make_run` rescales the RPN
+objectness layer and the box classifier / regressor so their outputs have a set spread on a
+natural-looking image (objectness logits std 1, class logits std 1.5, box deltas std 1), and
+biases the background logit down: deterministic, well-separated scores and real boxes.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import deploy
+from backbones.weights import save_weights
+from deploy.detection_export import (ExactResizeTransform, OUTPUT_NAMES, build_detector_onnx, exact_resize,
+                                     match_detections)  # fmt: skip
+from deploy.export import ExportError, export_model
+from deploy.export import main as export_main
+from deploy.runtime import DetectionPredictor
+from deploy.samples import natural_images
+from deploy.sidecar import SidecarError, read_sidecar, sidecar_path, validate
+from detection.train import build_detector
+
+CLASSES = ["shirt", "trouser", "pullover", "dress", "coat", "sandal", "sneaker", "bag", "boot", "hat"]
+MIN_SIZE, MAX_SIZE = 128, 192
+# 121 * float32(128 / 121) = 127.99999: torchvision's traced resize made 127 rows where PyTorch makes 128
+FLOAT32_RESIZE_TRAP = (160, 121)
+# Planted spreads; objectness much wider saturates sigmoid in float32 and ties proposals at the RPN's top-n cut.
+RPN_LOGIT_STD, CLASS_LOGIT_STD, BOX_DELTA_STD = 1.0, 1.5, 1.0
+
+
+def _calibrate(layer: torch.nn.Module, inputs: torch.Tensor, std: float) -> None:
+    layer.bias.zero_()
+    layer.weight.mul_(std / layer(inputs).std())
+
+
+def make_run(root: Path, arch: str, design: str, seed: int = 0) -> Path:
+    """A run directory as detection.train writes it, with planted heads (see the module docstring)."""
+    config = {"backbone": arch, "backbone_weights": None, "design": design, "freeze_at": 2, "dataset": "fashion-det",
+              "model": {"min_size": MIN_SIZE, "max_size": MAX_SIZE, "anchor_sizes": [16, 32, 64, 128],
+                        "rpn_pre_nms_top_n_test": 300, "rpn_post_nms_top_n_test": 100},
+              "class_names": CLASSES, "channels": 3}  # fmt: skip
+    torch.manual_seed(seed)
+    model = build_detector(config, len(CLASSES), load_backbone_weights=False).eval()
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep(name: str):
+        def hook(module, inputs, output) -> None:
+            seen.setdefault(name, inputs[0])
+
+        return hook
+
+    predictor = model.roi_heads.box_predictor
+    hooks = [model.rpn.head.cls_logits.register_forward_hook(keep("rpn")),
+             predictor.cls_score.register_forward_hook(keep("box"))]
+    with torch.no_grad():
+        model([natural_images(1, (MIN_SIZE, MIN_SIZE + 20), 3, seed=99)[0].float() / 255])
+        for hook in hooks:
+            hook.remove()
+        _calibrate(model.rpn.head.cls_logits, seen["rpn"], RPN_LOGIT_STD)
+        _calibrate(predictor.cls_score, seen["box"], CLASS_LOGIT_STD)
+        _calibrate(predictor.bbox_pred, seen["box"], BOX_DELTA_STD)
+        predictor.cls_score.bias[0] = -4.0  # background rarely wins
+    run = root / f"det-{arch}-{design}"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps(config, indent=1))
+    save_weights(model, run / "final.safetensors")
+    return run
+
+
+def _image(size: tuple[int, int], seed: int) -> torch.Tensor:
+    return natural_images(1, size, 3, seed=seed)[0]  # uint8 (3, H, W)
+
+
+def _as_tensors(found: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Runtime detections back to (boxes, labels 1..C, scores) for match_detections."""
+    boxes = torch.tensor([d["box"] for d in found], dtype=torch.float32).reshape(-1, 4)
+    labels = torch.tensor([CLASSES.index(d["label"]) + 1 for d in found], dtype=torch.int64)
+    return boxes, labels, torch.tensor([d["score"] for d in found], dtype=torch.float32)
+
+
+def _assert_same(reference: list[dict], got: list[dict], max_detections: int = 100) -> dict:
+    report = match_detections(_as_tensors(reference), _as_tensors(got), score_thresh=0.05, max_detections=max_detections)
+    assert not report["unmatched"] and not report["extra"], report
+    assert report["compared"] >= 5 and report["max_box_error_px"] < 1.0
+    return report
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("runs")
+    return {design: make_run(root, "resnet20", design) for design in ("c4", "fpn")}
+
+
+@pytest.fixture(scope="module")
+def exported(runs, tmp_path_factory) -> dict[str, deploy.ExportResult]:
+    out = tmp_path_factory.mktemp("onnx")
+    return {design: export_model("resnet20", run, out / f"r20-{design}.onnx", detector=design)
+            for design, run in runs.items()}  # fmt: skip
+
+
+# ---------------------------------------------------------------- export and parity
+@pytest.mark.parametrize("design", ["c4", "fpn"])
+def test_resnet20_round_trip_at_two_sizes_and_the_float32_resize_trap(design, runs, exported):
+    result = exported[design]
+    parity = result.parity
+    assert [row["shape"][1:] for row in parity["images"]] == [[97, 173], [197, 145]]  # two sizes, both orientations
+    assert parity["compared"] >= 20 and parity["max_box_error_px"] < 1e-2 and parity["max_score_error"] < 1e-4
+    sidecar = read_sidecar(result.artifact)
+    assert sidecar["task"] == "detection" and sidecar["model"]["design"] == design
+    assert sidecar["inputs"] == [{"name": "image", "shape": [3, "height", "width"], "dtype": "float32"}]
+    assert [o["name"] for o in sidecar["outputs"]] == list(OUTPUT_NAMES) and sidecar["class_names"] == CLASSES
+    assert sidecar["preprocessing"]["min_size"] == MIN_SIZE and sidecar["postprocessing"]["label_offset"] == 1
+
+    artifact, eager = deploy.load(result.artifact), deploy.load(runs[design])
+    assert isinstance(artifact, DetectionPredictor) and artifact.backend.name == "onnx" and eager.backend.name == "eager"
+    for size, seed in ((FLOAT32_RESIZE_TRAP, 1), ((83, 86), 2)):
+        image = _image(size, seed)
+        _assert_same(eager.predict(image)[0], artifact.predict(image)[0])
+
+
+@pytest.mark.parametrize("design", ["c4", "fpn"])
+def test_resnet18_round_trip(design, tmp_path):
+    run = make_run(tmp_path, "resnet18", design)
+    result = export_model("resnet18", run, tmp_path / f"r18-{design}.onnx", detector=design)
+    assert result.parity["compared"] >= 20 and result.parity["max_box_error_px"] < 1e-2
+    image = _image((150, 211), 5)
+    _assert_same(deploy.load(run).predict(image)[0], deploy.load(result.artifact).predict(image)[0])
+
+
+def test_real_photograph(runs, exported):
+    datasets = pytest.importorskip("sklearn.datasets", reason="scikit-learn ships the sample photograph (china.jpg)")
+    photo = datasets.load_sample_image("china.jpg")  # uint8 (427, 640, 3)
+    for design in ("c4", "fpn"):
+        got = deploy.load(exported[design].artifact).predict(photo)[0]
+        expected = deploy.load(runs[design]).predict(photo)[0]
+        report = _assert_same(expected, got)
+        assert report["max_box_error_px"] < 1e-2
+        height, width = photo.shape[:2]
+        assert all(0 <= d["box"][0] < d["box"][2] <= width and 0 <= d["box"][1] < d["box"][3] <= height for d in got)
+
+
+def test_boxes_come_back_in_original_image_pixels(runs, exported):
+    """A 75 x 300 image is resized to 48 x 192 inside the graph; boxes must come back in 75 x 300 pixels."""
+    image = _image((75, 300), 7)
+    model = deploy.load(runs["fpn"]).backend.model
+    with torch.no_grad():
+        expected = model([image.float() / 255])[0]  # torchvision maps boxes back to the input image
+    got = deploy.load(exported["fpn"].artifact).predict(image)[0]
+    report = match_detections((expected["boxes"], expected["labels"], expected["scores"]), _as_tensors(got),
+                              score_thresh=0.05, max_detections=100)  # fmt: skip
+    assert not report["unmatched"] and not report["extra"] and report["compared"] >= 5
+    boxes = _as_tensors(got)[0]
+    assert float(boxes[:, 2].max()) > MAX_SIZE + 10  # beyond the resized width: not in resized coordinates
+    assert float(boxes[:, [0, 2]].max()) <= 300 and float(boxes[:, [1, 3]].max()) <= 75
+
+
+def test_exact_resize_matches_eager_sizes(tmp_path):
+    """The traced resize gives eager PyTorch's size for every input size (torchvision's own does not)."""
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+    import onnxruntime as ort
+
+    class Resize(torch.nn.Module):
+        def __init__(self, transform: GeneralizedRCNNTransform) -> None:
+            super().__init__()
+            self.transform = transform
+
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            return self.transform.resize(image)[0]
+
+    stock = GeneralizedRCNNTransform(MIN_SIZE, MAX_SIZE, [0.5] * 3, [0.25] * 3).eval()
+    sizes = [FLOAT32_RESIZE_TRAP, (83, 86), (260, 209), (84, 199), (97, 173), (300, 420)]
+    shapes = {}
+    for name, transform in (("stock", stock), ("exact", ExactResizeTransform.like(stock))):
+        path = tmp_path / f"{name}.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(Resize(transform).eval(), (torch.rand(3, 115, 150),), str(path), dynamo=False, opset_version=17,
+                              input_names=["image"], output_names=["resized"],
+                              dynamic_axes={"image": {1: "h", 2: "w"}, "resized": {1: "h", 2: "w"}})  # fmt: skip
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        shapes[name] = [session.run(None, {"image": np.random.rand(3, *s).astype(np.float32)})[0].shape[1:] for s in sizes]
+    eager = [tuple(stock.resize(torch.rand(3, *s))[0].shape[1:]) for s in sizes]
+    assert shapes["exact"] == eager
+    assert shapes["stock"][0] == (169, 127) and eager[0] == (169, 128)  # why ExactResizeTransform exists
+
+
+def test_export_mismatch_fails_and_leaves_nothing(runs, tmp_path, monkeypatch):
+    from deploy import backends
+
+    original = backends.OnnxDetectionBackend.__call__
+
+    def shifted(self, image):
+        boxes, labels, scores = original(self, image)
+        return boxes + 2.0, labels, scores  # 2 px off: past the 1 px tolerance
+
+    monkeypatch.setattr(backends.OnnxDetectionBackend, "__call__", shifted)
+    out = tmp_path / "bad.onnx"
+    with pytest.raises(ExportError, match=r"does not match PyTorch.*no match in the artifact.*nearest box off by 2\.00 px"):
+        export_model("resnet20", runs["c4"], out, detector="c4")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no artifact, no sidecar, no temporary folder
+
+
+def test_low_score_threshold_check_when_nothing_is_detected(runs, tmp_path, capsys):
+    result = export_model("resnet20", runs["c4"], tmp_path / "strict.onnx", detector="c4", score_thresh=0.95,
+                          detections_per_image=20)  # fmt: skip
+    assert result.parity["compared"] == 0 and result.parity["score_thresh_0"]["compared"] >= 20
+    assert "checking the same graph at score_thresh 0" in capsys.readouterr().out
+    predictor = deploy.load(result.artifact)
+    assert predictor.min_score == 0.95 and predictor.max_detections == 20
+
+
+# ---------------------------------------------------------------- runtime
+def test_predict_accepts_every_input_type_and_batches(exported, tmp_path):
+    predictor = deploy.load(exported["c4"].artifact)
+    image = _image((140, 170), 3)
+    array = image.permute(1, 2, 0).numpy()
+    Image.fromarray(array).save(tmp_path / "x.png")
+    inputs = [image, image.float() / 255, array, Image.fromarray(array), tmp_path / "x.png", str(tmp_path / "x.png")]
+    results = [predictor.predict(item) for item in inputs]
+    assert len(results[0]) == 1 and len(results[0][0]) >= 5 and all(r == results[0] for r in results)
+    found = results[0][0]
+    assert set(found[0]) == {"box", "label", "score"} and found[0]["label"] in CLASSES
+    assert [d["score"] for d in found] == sorted((d["score"] for d in found), reverse=True)
+
+    other = _image((90, 260), 4)
+    batch = predictor.predict([image, other, np.stack([array, array])])  # sizes differ; a numpy batch counts as 2
+    assert len(batch) == 4 and batch[0] == found and batch[2] == batch[3] == found
+    assert batch[1] == predictor.predict(other)[0]
+    assert predictor.predict(image, score_threshold=0.5)[0] == [d for d in found if d["score"] >= 0.5]
+    assert predictor.predict(image, top_k=2)[0] == found[:2]
+    with pytest.raises(ValueError, match="score_threshold must be a number in"):
+        predictor.predict(image, score_threshold=1.5)
+    with pytest.raises(deploy.preprocess.ImageInputError, match="float images must lie in"):
+        predictor.predict(image.float())
+
+
+# ---------------------------------------------------------------- errors
+def test_detector_sidecar_problems_name_file_and_field(exported, tmp_path):
+    source = exported["c4"]
+    data = json.loads(source.sidecar.read_text())
+    cases = [("class_names", None, "field 'class_names' is missing"),
+             ("postprocessing.label_offset", 0, "field 'postprocessing.label_offset' must be 1"),
+             ("postprocessing.boxes", "logits", "field 'postprocessing.boxes' names 'logits'"),
+             ("preprocessing.value_range", [0, 255], "field 'preprocessing.value_range' must be"),
+             ("inputs", [{"name": "image", "shape": ["batch", 3, "h", "w"], "dtype": "float32"}],
+              "field 'inputs\\[0\\].shape' must be \\(channels, height, width\\)")]  # fmt: skip
+    for field, value, message in cases:
+        broken = json.loads(json.dumps(data))
+        *parents, key = field.split(".")
+        node = broken
+        for part in parents:
+            node = node[part]
+        if value is None:
+            del node[key]
+        else:
+            node[key] = value
+        with pytest.raises(SidecarError, match=f"{sidecar_path(source.artifact).name}: {message}"):
+            validate(broken, sidecar_path(source.artifact))
+    # and through deploy.load, from the file
+    copy = tmp_path / "r20.onnx"
+    copy.write_bytes(source.artifact.read_bytes())
+    missing = {k: v for k, v in data.items() if k != "class_names"} | {"artifact": {**data["artifact"], "file": copy.name}}
+    sidecar_path(copy).write_text(json.dumps(missing))
+    with pytest.raises(SidecarError, match=r"r20\.onnx\.json: field 'class_names' is missing"):
+        deploy.load(copy)
+
+
+def test_classifier_given_detector_options_and_other_bad_requests(runs, tmp_path, capsys):
+    with pytest.raises(ValueError, match=r"--score-thresh applies to detector exports"):
+        export_model("resnet20", None, tmp_path / "c.onnx", score_thresh=0.5)
+    with pytest.raises(SystemExit, match=r"--detections-per-image applies to detector exports"):
+        export_main(["--model", "resnet20", "--output", str(tmp_path / "c.onnx"), "--detections-per-image", "5"])
+    with pytest.warns(UserWarning, match="randomly initialised"):
+        classifier = deploy.load_eager("resnet20")
+    with pytest.raises(ValueError, match="is a classifier: score_threshold applies to detectors"):
+        classifier.predict(torch.zeros(3, 32, 32), score_threshold=0.5)
+    with pytest.raises(ValueError, match=r"trained a 'c4' detector, not 'fpn' \(pass --detector c4\)"):
+        export_model("resnet20", runs["c4"], tmp_path / "d.onnx", detector="fpn")
+    with pytest.raises(ValueError, match="trained a resnet20 detector, not resnet18"):
+        export_model("resnet18", runs["c4"], tmp_path / "d.onnx", detector="c4")
+    with pytest.raises(ValueError, match="needs --weights RUN_DIR"):
+        export_model("resnet20", None, tmp_path / "d.onnx", detector="c4")
+    with pytest.raises(ValueError, match="detectors export to ONNX only"):
+        export_model("resnet20", runs["c4"], tmp_path / "d.pt2", detector="c4", format="aoti")
+    assert not list(tmp_path.iterdir())
+
+
+def test_graph_builder_leaves_the_detector_in_eval_mode(runs, tmp_path):
+    model = deploy.load(runs["c4"]).backend.model
+    transform = model.transform
+    build_detector_onnx(model, _image((100, 120), 0).float() / 255, tmp_path / "g.onnx")
+    assert not model.training and model.transform is transform  # exact_resize restored the stock transform
+    with exact_resize(model):
+        assert isinstance(model.transform, ExactResizeTransform)
+    assert model.transform is transform

@@ -156,3 +156,14 @@ def test_imagenet_folder_training_through_the_cli(tmp_path, capsys):
     assert evals[-1]["images"] == 4 and evals[-1]["iteration"] == 3
     assert any(r.get("skipped_images") == 1 for r in _records(run, "data"))
     assert "top-1 error" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_and_channels_last_steps_run_and_stay_finite(tmp_path, amp):
+    run = tmp_path / amp
+    train_main([*TINY, "--max-iters", "3", "--log-every", "1", "--amp", amp, "--channels-last", "--output", str(run)])
+    losses = [r["loss"] for r in _records(run, "train")]
+    assert len(losses) == 3 and all(0 < loss < 10 for loss in losses)
+    state = read_checkpoint(run / "checkpoint.pt")
+    assert (state["scaler"].get("scale", 0) > 0) == (amp == "fp16")  # a grad scaler only for fp16
+    assert all(v.dtype == torch.float32 for k, v in state["model"].items() if v.is_floating_point())

@@ -48,10 +48,10 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from backbones.fileio import sha256_of
 
 from .backends import ArtifactLoadError, Detections, OnnxDetectionBackend
-from .export import ExportError, ExportOptions, ExportResult, check_onnx_file, install_artifact
+from .export import ExportError, ExportOptions, ExportResult, check_onnx_file, publish
 from .models import PreparedDetector, prepare_detector
 from .samples import natural_images
-from .sidecar import FORMAT, VERSION, sidecar_path, tool_versions, validate, write_sidecar
+from .sidecar import FORMAT, VERSION, sidecar_path, tool_versions, validate
 
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("boxes", "labels", "scores")
@@ -343,9 +343,4 @@ def export_detector(arch: str, weights: str | Path | None, output: str | Path, o
             parity["score_thresh_0"] = _low_threshold_check(prepared, example, images, work, options, tolerance, label)
         data["parity"] = parity
         seconds["check"] = time.perf_counter() - start - seconds["export"]
-        install_artifact(staged, output)
-        sidecar = write_sidecar(output, data)
-    seconds["total"] = time.perf_counter() - start
-    print(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB) and {sidecar.name} in {seconds['total']:.1f} s "
-          f"(export {seconds['export']:.1f} s, check {seconds['check']:.1f} s)")  # fmt: skip
-    return ExportResult(output, sidecar, data["parity"], seconds)
+        return publish(staged, output, data, seconds, start)

@@ -349,8 +349,13 @@ def export_model(arch: str, weights: str | Path | None, output: str | Path, opti
         data["parity"] = check_parity(prepared.model, backend, batches, tolerance, label)
         seconds["check"] = time.perf_counter() - start - seconds["export"]
         del backend  # release the file (onnxruntime / AOTInductor keep it open)
-        install_artifact(staged, output)
-        sidecar = write_sidecar(output, data)
+        return publish(staged, output, data, seconds, start)
+
+
+def publish(staged: Path, output: Path, data: dict[str, Any], seconds: dict[str, float], start: float) -> ExportResult:
+    """Move a checked artifact into place, write its sidecar, and report (shared by every exporter)."""
+    install_artifact(staged, output)
+    sidecar = write_sidecar(output, data)
     seconds["total"] = time.perf_counter() - start
     print(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB) and {sidecar.name} in {seconds['total']:.1f} s "
           f"(export {seconds['export']:.1f} s, check {seconds['check']:.1f} s)")  # fmt: skip

@@ -47,8 +47,7 @@ def load_run(weights: Path) -> tuple[dict[str, Any], Path]:
 
 
 def load_detector(backbone: str, weights: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    from backbones.weights import load_state_dict_file
-    from backbones.weights import check_state_dict
+    from backbones.weights import check_state_dict, load_state_dict_file
 
     from .train import build_detector
 

@@ -20,6 +20,10 @@ PyTorch uses float64, so for some image sizes the graph resized to one pixel les
 sizes, boxes off by up to 2 px, other detections). :class:`ExactResizeTransform` traces the eager
 arithmetic instead (pytorch/vision#3654 discusses the same float32/float64 difference).
 
+``--format tensorrt`` builds a TensorRT engine from that ONNX file (:mod:`deploy.tensorrt_detection`:
+one optimisation profile over the image's height and width up to ``--max-image-side``, fp32 or
+fp16) and checks the engine the same way; it needs ``tensorrt`` and a CUDA GPU.
+
 The check: natural-looking images (:mod:`deploy.samples`) at two sizes, one smaller than min_size
 (upscaled) and one larger in the other orientation (downscaled), run through onnxruntime and
 through the PyTorch detector; see :func:`match_detections` for the rule. Fewer than
@@ -47,7 +51,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from backbones.fileio import sha256_of
 
-from .backends import ArtifactLoadError, Detections, OnnxDetectionBackend
+from .backends import ArtifactLoadError, DetectorBackend, Detections, OnnxDetectionBackend
 from .export import ExportError, ExportOptions, ExportResult, check_onnx_file, publish
 from .models import PreparedDetector, prepare_detector
 from .samples import natural_images
@@ -55,8 +59,11 @@ from .sidecar import FORMAT, VERSION, sidecar_path, tool_versions, validate
 
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("boxes", "labels", "scores")
-BOX_TOLERANCE_PX = 1.0  # default --tolerance for detectors: largest coordinate difference, in input pixels
-SCORE_TOLERANCE = 1e-3  # scores must agree this well; detections this close in score may swap ranks
+BOX_TOLERANCE_PX = {"fp32": 1.0, "fp16": 4.0}  # default --tolerance: largest coordinate difference, input pixels
+# scores must agree this well (detections this close in score may swap ranks). fp16: a judgement
+# from half precision's 3 significant digits through two heads, not a measurement (no GPU here).
+SCORE_TOLERANCES = {"fp32": 1e-3, "fp16": 2e-2}
+SCORE_TOLERANCE = SCORE_TOLERANCES["fp32"]
 MIN_COMPARED = 10  # fewer matched detections over the check images: also check at score_thresh 0
 
 
@@ -157,7 +164,7 @@ def _floor(scores: torch.Tensor, score_thresh: float, max_detections: int) -> fl
 
 
 def match_detections(expected: Detections, got: Detections, *, score_thresh: float, max_detections: int,
-                     box_tolerance: float = BOX_TOLERANCE_PX,
+                     box_tolerance: float = BOX_TOLERANCE_PX["fp32"],
                      score_tolerance: float = SCORE_TOLERANCE) -> dict[str, Any]:  # fmt: skip
     """Pair PyTorch's detections (``expected``) with the artifact's (``got``), by order of score.
 
@@ -205,7 +212,8 @@ def match_detections(expected: Detections, got: Detections, *, score_thresh: flo
 
 
 def check_detection_parity(reference: Any, run: Callable[[torch.Tensor], Detections], images: list[torch.Tensor],
-                           box_tolerance: float, label: str) -> dict[str, Any]:  # fmt: skip
+                           box_tolerance: float, label: str,
+                           score_tolerance: float = SCORE_TOLERANCE) -> dict[str, Any]:  # fmt: skip
     """Compare ``run`` with the eager ``reference`` detector image by image; raise ExportError on a mismatch."""
     heads = reference.roi_heads
     score_thresh, max_detections = float(heads.score_thresh), int(heads.detections_per_img)
@@ -220,7 +228,8 @@ def check_detection_parity(reference: Any, run: Callable[[torch.Tensor], Detecti
             raise ExportError(f"{label}: running the artifact on an image of shape {tuple(image.shape)} failed "
                               f"({type(error).__name__}: {error})") from None  # fmt: skip
         row = {"shape": list(image.shape), **match_detections(expected, got, score_thresh=score_thresh,
-                                                               max_detections=max_detections, box_tolerance=box_tolerance)}
+                                                               max_detections=max_detections, box_tolerance=box_tolerance,
+                                                               score_tolerance=score_tolerance)}  # fmt: skip
         rows.append(row)
         if row["unmatched"] or row["extra"]:
             problems = [f"PyTorch's {u} has no match in the artifact" for u in row["unmatched"][:3]]
@@ -239,21 +248,25 @@ def check_detection_parity(reference: Any, run: Callable[[torch.Tensor], Detecti
         del row["unmatched"], row["extra"]
     return {"reference": "PyTorch eager, fp32, cpu", "inputs": "synthetic natural-looking images (deploy.samples)",
             "metric": "detections paired by score order (same label, score within "
-                      f"{SCORE_TOLERANCE:g}); largest box coordinate difference in input pixels",
+                      f"{score_tolerance:g}); largest box coordinate difference in input pixels",
             "score_thresh": score_thresh, "compared": compared, "max_box_error_px": worst_box,
             "max_score_error": worst_score, "tolerance_px": box_tolerance, "images": rows}  # fmt: skip
 
 
 # ---------------------------------------------------------------- the sidecar
-def detection_sidecar(prepared: PreparedDetector, artifact: Path, name: str, options: ExportOptions) -> dict[str, Any]:
+def detection_sidecar(prepared: PreparedDetector, artifact: Path, name: str, options: ExportOptions,
+                      tensorrt: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     axes = {INPUT_NAME: {"1": "height", "2": "width"}, **{output: {"0": "detections"} for output in OUTPUT_NAMES}}
+    exporter = "torch.onnx.export(dynamo=False)"
+    if tensorrt is not None:
+        exporter += " + TensorRT OnnxParser/build_serialized_network"
     return {
-        "format": FORMAT, "version": VERSION, "task": "detection", "backend": "onnx",
+        "format": FORMAT, "version": VERSION, "task": "detection", "backend": options.format,
         "artifact": {"file": name, "sha256": sha256_of(artifact), "size": artifact.stat().st_size},
         "model": {"arch": prepared.arch, "design": prepared.design, "weights": prepared.weights,
                   "weights_sha256": prepared.weights_sha256, "num_classes": prepared.num_classes,
                   "dataset": prepared.config.get("dataset"), "config": prepared.config.get("model", {})},
-        "precision": "fp32", "device": "any",
+        "precision": options.precision, "device": "cuda" if tensorrt is not None else "any",
         "inputs": [{"name": INPUT_NAME, "shape": [prepared.channels, "height", "width"], "dtype": "float32"}],
         "outputs": [{"name": "boxes", "shape": ["detections", 4], "dtype": "float32"},
                     {"name": "labels", "shape": ["detections"], "dtype": "int64"},
@@ -262,55 +275,92 @@ def detection_sidecar(prepared: PreparedDetector, artifact: Path, name: str, opt
         "preprocessing": prepared.preprocessing(),
         "postprocessing": prepared.postprocessing(),
         "class_names": prepared.class_names,
-        "tools": tool_versions(),
-        "export": {"exporter": "torch.onnx.export(dynamo=False)", "opset": options.opset,
+        "tools": {**tool_versions(), **({"tensorrt": tensorrt["version"]} if tensorrt else {})},
+        "export": {"exporter": exporter, "opset": options.opset,
                    "resize": "deploy.detection_export.ExactResizeTransform (eager PyTorch's float64 size arithmetic)",
                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": options.command},
         "parity": None,
-        "tensorrt": None,
+        "tensorrt": tensorrt,
     }  # fmt: skip
 
 
 # ---------------------------------------------------------------- the pipeline
+SUFFIXES = {"onnx": (".onnx",), "tensorrt": (".engine", ".plan")}
+PRECISIONS = {"onnx": ("fp32",), "tensorrt": ("fp32", "fp16")}
+
+
 def _check_detector_request(output: Path, weights: str | Path | None, options: ExportOptions) -> None:
     if options.detector not in ("c4", "fpn"):
         raise ValueError(f"--detector must be c4 or fpn, got {options.detector!r}")
-    if options.format != "onnx":
-        raise ValueError(f"detectors export to ONNX only (--format onnx), not {options.format!r}; the eager PyTorch "
-                         "detector is the run directory itself: deploy.load(RUN_DIR)")  # fmt: skip
-    if options.precision != "fp32":
-        raise ValueError(f"detector ONNX exports are fp32, not {options.precision!r}")
-    if output.suffix != ".onnx":
-        raise ValueError(f"{output}: an onnx artifact must end in .onnx")
+    if options.format not in SUFFIXES:
+        raise ValueError(f"detectors export to ONNX or TensorRT (--format onnx|tensorrt), not {options.format!r}; the "
+                         "eager PyTorch detector is the run directory itself: deploy.load(RUN_DIR)")  # fmt: skip
+    if options.precision not in PRECISIONS[options.format]:
+        why = " (INT8 calibration of the RPN and box head is not supported)" if options.precision == "int8" else ""
+        raise ValueError(f"detector {options.format} exports support precision {list(PRECISIONS[options.format])}, "
+                         f"not {options.precision!r}{why}")  # fmt: skip
+    if output.suffix not in SUFFIXES[options.format]:
+        raise ValueError(f"{output}: a detector {options.format} artifact must end in "
+                         f"{' or '.join(SUFFIXES[options.format])}")  # fmt: skip
     if weights is None:
         raise ValueError("a detector export needs --weights RUN_DIR, a detection.train run directory "
                          "(config.json + final.safetensors)")  # fmt: skip
+    if options.format == "tensorrt":
+        from .tensorrt_build import require_tensorrt
+
+        require_tensorrt()  # fail before any work where TensorRT or CUDA is missing
 
 
-def _open(path: Path, label: str) -> OnnxDetectionBackend:
+def _open(path: Path, data: dict[str, Any], label: str) -> DetectorBackend:
     try:
+        if data["backend"] == "tensorrt":
+            from .tensorrt_detection import TensorRTDetectionBackend
+
+            return TensorRTDetectionBackend(path, data)
         return OnnxDetectionBackend(path, INPUT_NAME, OUTPUT_NAMES, ["CPUExecutionProvider"])
     except ArtifactLoadError as error:
         raise ExportError(f"{label}: the new artifact does not load: {error}") from error
 
 
+def _build(model: nn.Module, prepared: PreparedDetector, example: torch.Tensor, staged: Path, work: Path,
+           options: ExportOptions) -> dict[str, Any] | None:  # fmt: skip
+    """Write the artifact at ``staged``; for TensorRT, return the sidecar's ``tensorrt`` record."""
+    if options.format == "onnx":
+        build_detector_onnx(model, example, staged, options.opset)
+        return None
+    from .tensorrt_build import BuildOptions, build_engine
+    from .tensorrt_detection import detector_profiles
+
+    onnx_path = staged.with_suffix(".onnx")
+    build_detector_onnx(model, example, onnx_path, options.opset)
+    pre = prepared.preprocessing()
+    profiles = detector_profiles(INPUT_NAME, prepared.channels, pre["min_size"], pre["max_size"], options.max_image_side)
+    return build_engine(onnx_path, staged, BuildOptions(options.precision, profiles, options.workspace_gib,
+                                                        options.timing_cache))  # fmt: skip
+
+
 def _low_threshold_check(prepared: PreparedDetector, example: torch.Tensor, images: list[torch.Tensor], work: Path,
-                         options: ExportOptions, tolerance: float, label: str) -> dict[str, Any]:  # fmt: skip
+                         options: ExportOptions, tolerances: tuple[float, float], label: str) -> dict[str, Any]:  # fmt: skip
     """The same graph with score_thresh 0 (the only difference: one constant), so detections exist."""
     probe: Any = copy.deepcopy(prepared.model)
     probe.roi_heads.score_thresh = 0.0
-    path = work / "score_thresh_0.onnx"
-    build_detector_onnx(probe, example, path, options.opset)
-    backend = _open(path, label)
-    return check_detection_parity(probe, backend, images, tolerance, f"{label} (check graph, score_thresh 0)")
+    path = work / "score_thresh_0" / f"check{''.join(SUFFIXES[options.format][:1])}"
+    path.parent.mkdir()
+    record = _build(probe, prepared, example, path, path.parent, options)
+    backend = _open(path, {"backend": options.format, "tensorrt": record, "inputs": [{"name": INPUT_NAME}],
+                           "postprocessing": dict(zip(OUTPUT_NAMES, OUTPUT_NAMES))}, label)  # fmt: skip
+    return check_detection_parity(probe, backend, images, tolerances[0], f"{label} (check graph, score_thresh 0)",
+                                  tolerances[1])  # fmt: skip
 
 
 def export_detector(arch: str, weights: str | Path | None, output: str | Path, options: ExportOptions) -> ExportResult:
-    """Export the detector of run ``weights`` to ONNX at ``output``, check it, then write it and its sidecar."""
+    """Export the detector of run ``weights`` to ONNX (or a TensorRT engine built from it) at ``output``,
+    check it against PyTorch, then write it and its sidecar."""
     output = Path(output)
     _check_detector_request(output, weights, options)
     assert weights is not None and options.detector is not None
-    tolerance = options.tolerance if options.tolerance is not None else BOX_TOLERANCE_PX
+    box_tolerance = options.tolerance if options.tolerance is not None else BOX_TOLERANCE_PX[options.precision]
+    tolerances = (box_tolerance, SCORE_TOLERANCES[options.precision])
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     prepared = prepare_detector(arch, weights, options.detector, score_thresh=options.score_thresh,
@@ -318,29 +368,31 @@ def export_detector(arch: str, weights: str | Path | None, output: str | Path, o
     pre = prepared.preprocessing()
     example_size = (pre["min_size"] * 7 // 8 + 3, pre["min_size"] * 6 // 5 + 1)
     example = natural_images(1, example_size, prepared.channels, seed=9)[0].float() / 255
-    label = f"onnx fp32 {arch} {prepared.design} detector"
+    label = f"{options.format} {options.precision} {arch} {prepared.design} detector"
     output.parent.mkdir(parents=True, exist_ok=True)
+    if options.format == "tensorrt":
+        options.timing_cache = options.timing_cache or output.with_name(output.name + ".timing.cache")
     with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as work_dir:
         work = Path(work_dir)
         staged = work / output.name
         try:
-            build_detector_onnx(prepared.model, example, staged, options.opset)
+            record = _build(prepared.model, prepared, example, staged, work, options)
         except ExportError:
             raise
         except Exception as error:  # the exporter's own failure: say which step, keep the cause chained
             first = (str(error).strip().splitlines() or [""])[0]
-            raise ExportError(f"{label}: the ONNX export itself failed ({type(error).__name__}: {first})") from error
+            raise ExportError(f"{label}: the {options.format} export itself failed ({type(error).__name__}: {first})") from error
         seconds["export"] = time.perf_counter() - start
-        data = detection_sidecar(prepared, staged, output.name, options)
+        data = detection_sidecar(prepared, staged, output.name, options, record)
         validate(data, sidecar_path(output))
-        backend = _open(staged, label)
+        backend = _open(staged, data, label)
         images = parity_images(prepared)
-        parity = check_detection_parity(prepared.model, backend, images, tolerance, label)
+        parity = check_detection_parity(prepared.model, backend, images, tolerances[0], label, tolerances[1])
         del backend  # release the file
         if parity["compared"] < MIN_COMPARED:
             print(f"{label}: only {parity['compared']} detection(s) above score_thresh {parity['score_thresh']:g} on the "
                   "check images; checking the same graph at score_thresh 0 as well")  # fmt: skip
-            parity["score_thresh_0"] = _low_threshold_check(prepared, example, images, work, options, tolerance, label)
+            parity["score_thresh_0"] = _low_threshold_check(prepared, example, images, work, options, tolerances, label)
         data["parity"] = parity
         seconds["check"] = time.perf_counter() - start - seconds["export"]
         return publish(staged, output, data, seconds, start)

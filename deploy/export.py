@@ -22,7 +22,9 @@ randomly initialised (a warning; for testing pipelines only).
 Detectors: ``--detector c4|fpn --weights RUN --format onnx`` exports a ``detection.train`` run's
 Faster R-CNN as one graph (resize, normalise, RPN, RoI heads, box decoding, NMS, score threshold):
 one float image (C, H, W) in [0, 1] in, boxes / labels / scores out, boxes in that image's pixels.
-The check compares detections with PyTorch at two image sizes (see deploy.detection_export).
+``--format tensorrt`` (fp32 or fp16) builds an engine from that graph for images up to
+--max-image-side. The check compares detections with PyTorch at two image sizes (see
+deploy.detection_export).
 """
 
 from __future__ import annotations
@@ -84,9 +86,10 @@ class ExportOptions:
     timing_cache: Path | None = None  # default <output>.timing.cache
     command: str | None = None
     # detectors (deploy.detection_export): a detection.train run directory as weights
-    detector: str | None = None  # "c4" or "fpn": export the run's Faster R-CNN (ONNX only)
+    detector: str | None = None  # "c4" or "fpn": export the run's Faster R-CNN (ONNX or TensorRT)
     score_thresh: float | None = None  # default: the detector's own (torchvision: 0.05)
     detections_per_image: int | None = None  # default: the detector's own (torchvision: 100)
+    max_image_side: int = 2048  # detector TensorRT engines: largest height or width of the profile
 
 
 DETECTOR_ONLY = ("score_thresh", "detections_per_image")
@@ -375,12 +378,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", type=Path, required=True, help="artifact path (.onnx, .engine/.plan, .pt2, .safetensors)")
     parser.add_argument("--device", choices=["cpu", "cuda"], help="aoti: device to compile for (default cpu)")
     parser.add_argument("--tolerance", type=float, help="relative error allowed (default: fp32 1e-4, fp16 2e-2, int8 1e-1); "
-                        "detectors: box error in pixels (default 1)")
+                        "detectors: box error in pixels (default fp32 1, fp16 4)")
     parser.add_argument("--top-k", type=int, default=5, help="default top-k in the sidecar's postprocessing")
-    det = parser.add_argument_group("detectors (--weights: a detection.train run directory; ONNX only)")
+    det = parser.add_argument_group("detectors (--weights: a detection.train run directory; onnx, or tensorrt fp32/fp16)")
     det.add_argument("--detector", choices=["c4", "fpn"], help="export the run's Faster R-CNN (its design) instead of a classifier")
     det.add_argument("--score-thresh", type=float, help="drop detections scoring below this in the graph (default: the run's, 0.05)")
     det.add_argument("--detections-per-image", type=int, help="keep at most this many per image (default: the run's, 100)")
+    det.add_argument("--max-image-side", type=int, default=2048,
+                     help="tensorrt: largest image height or width the engine accepts (its optimisation profile)")
     trt = parser.add_argument_group("tensorrt")
     trt.add_argument("--opt-batch", type=int, default=8, help="profile batch TensorRT tunes for (and calibrates with)")
     trt.add_argument("--max-batch", type=int, default=32, help="largest batch of the profile")
@@ -408,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
                             calibration_dir=args.calibration_dir, calibration_images=args.calibration_images,
                             calibration_cache=args.calibration_cache, timing_cache=args.timing_cache,
                             detector=args.detector, score_thresh=args.score_thresh,
-                            detections_per_image=args.detections_per_image,
+                            detections_per_image=args.detections_per_image, max_image_side=args.max_image_side,
                             command="python -m deploy.export " + shlex.join(sys.argv[1:] if argv is None else argv))  # fmt: skip
     try:
         export_model(args.model, args.weights, args.output, options)

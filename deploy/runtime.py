@@ -4,7 +4,7 @@
 eager ``.safetensors``), or a ``backbones.train`` run directory. The sidecar supplies the
 preprocessing, the class names and the output semantics; its sha256 must match the artifact.
 
-Detectors (a detector ``.onnx`` or a ``detection.train`` run directory) load as a
+Detectors (a detector ``.onnx`` or TensorRT engine, or a ``detection.train`` run directory) load as a
 :class:`DetectionPredictor`: ``predict(images, score_threshold=0.5)`` gives, per image, its
 detections ``{"box": [x1, y1, x2, y2], "label": name, "score": s}``, best first, with boxes in the
 pixels of the image as given.
@@ -182,10 +182,14 @@ def load_eager_detector(run: str | Path, device: str = "cpu") -> DetectionPredic
 
 
 def _open_detection_backend(path: Path, sidecar: dict[str, Any], device: str | None,
-                            providers: Sequence[str] | None) -> DetectorBackend:  # fmt: skip
+                            providers: Sequence[str] | None, strict_gpu: bool) -> DetectorBackend:  # fmt: skip
+    if sidecar["backend"] == "tensorrt":
+        from .tensorrt_detection import TensorRTDetectionBackend
+
+        return TensorRTDetectionBackend(path, sidecar, strict_gpu=strict_gpu)
     if sidecar["backend"] != "onnx":
         raise SidecarError(f"{sidecar_path(path)}: field 'backend' is {sidecar['backend']!r}; detectors run from ONNX "
-                           "artifacts (or eagerly from their detection.train run directory)")  # fmt: skip
+                           "or TensorRT artifacts (or eagerly from their detection.train run directory)")  # fmt: skip
     if providers is None and device == "cpu":
         providers = ["CPUExecutionProvider"]
     post = sidecar["postprocessing"]
@@ -251,5 +255,6 @@ def load(path: str | Path, *, device: str | None = None, providers: Sequence[str
                            "with python -m deploy.export --format eager")  # fmt: skip
     sidecar = read_sidecar(path, verify_sha256=verify_sha256)
     if sidecar["task"] == "detection":
-        return DetectionPredictor(_open_detection_backend(path, sidecar, device, providers), sidecar, str(path))
+        return DetectionPredictor(_open_detection_backend(path, sidecar, device, providers, strict_gpu), sidecar,
+                                  str(path))  # fmt: skip
     return Predictor(_open_backend(path, sidecar, device, providers, strict_gpu), sidecar, str(path))

@@ -3,15 +3,46 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .backends import ArtifactLoadError
 from .tensorrt_build import check_engine_compatibility, dims_to_list, require_tensorrt, running_environment
 
-_TORCH_DTYPES = {"FLOAT": torch.float32, "HALF": torch.float16, "INT8": torch.int8, "INT32": torch.int32,
+if TYPE_CHECKING:
+    import tensorrt as trt
+
+TORCH_DTYPES = {"FLOAT": torch.float32, "HALF": torch.float16, "INT8": torch.int8, "INT32": torch.int32,
                  "INT64": torch.int64, "BOOL": torch.bool, "UINT8": torch.uint8, "BF16": torch.bfloat16}  # fmt: skip
+
+
+@cache
+def _logger() -> trt.ILogger:
+    """One logger for every runtime (TensorRT keeps a pointer to it: it must outlive them)."""
+    import tensorrt as trt
+
+    return trt.Logger(trt.Logger.WARNING)
+
+
+def open_engine(path: Path, sidecar: dict[str, Any],
+                strict_gpu: bool = True) -> tuple[trt.Runtime, trt.ICudaEngine, trt.IExecutionContext]:  # fmt: skip
+    """(runtime, engine, execution context) for the engine at ``path``, after checking that its
+    sidecar's TensorRT version and GPU match this machine (see :func:`check_engine_compatibility`)."""
+    require_tensorrt()
+    import tensorrt as trt
+
+    check_engine_compatibility(sidecar["tensorrt"], running_environment(), path, strict_gpu)
+    runtime = trt.Runtime(_logger())
+    engine = runtime.deserialize_cuda_engine(path.read_bytes())
+    if engine is None:
+        raise ArtifactLoadError(f"{path}: TensorRT could not deserialise the engine (corrupt, or built with "
+                                "other TensorRT plugins?); see the TensorRT log above")  # fmt: skip
+    context = engine.create_execution_context()
+    if context is None:
+        raise ArtifactLoadError(f"{path}: TensorRT could not create an execution context (GPU memory?)")
+    return runtime, engine, context
 
 
 class TensorRTBackend:
@@ -23,18 +54,8 @@ class TensorRTBackend:
         import tensorrt as trt
 
         self.path = Path(path)
-        check_engine_compatibility(sidecar["tensorrt"], running_environment(), self.path, strict_gpu)
-        self.logger = trt.Logger(trt.Logger.WARNING)
-        self.runtime = trt.Runtime(self.logger)
-        engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
-        if engine is None:
-            raise ArtifactLoadError(f"{self.path}: TensorRT could not deserialise the engine (corrupt, or built with "
-                                    "other TensorRT plugins?); see the TensorRT log above")  # fmt: skip
+        self.runtime, engine, self.context = open_engine(self.path, sidecar, strict_gpu)
         self.engine = engine
-        context = engine.create_execution_context()
-        if context is None:
-            raise ArtifactLoadError(f"{self.path}: TensorRT could not create an execution context (GPU memory?)")
-        self.context = context
         names = [engine.get_tensor_name(index) for index in range(engine.num_io_tensors)]
         self.inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
@@ -43,7 +64,7 @@ class TensorRTBackend:
             raise ArtifactLoadError(f"{self.path}: the sidecar names input {expected_in!r} and output {expected_out!r}; "
                                     f"the engine has inputs {self.inputs} and outputs {self.outputs}")  # fmt: skip
         self.input_name, self.output_name = expected_in, expected_out
-        self.dtypes = {n: _TORCH_DTYPES[engine.get_tensor_dtype(n).name] for n in names}
+        self.dtypes = {n: TORCH_DTYPES[engine.get_tensor_dtype(n).name] for n in names}
         _, _, max_shape = engine.get_tensor_profile_shape(self.input_name, 0)
         self.max_batch: int | None = dims_to_list(max_shape)[0]
         self.stream = torch.cuda.Stream()

@@ -9,7 +9,7 @@ fixes to a copy make it work (DESIGN.md, "TensorRT where TensorRT cannot be inst
    which keeps the real positional order;
 3. ``import tensorrt_libs`` (a runtime-only package): dropped.
 
-mypy then runs on our files (default: deploy/tensorrt_build.py and deploy/tensorrt_engine.py)
+mypy then runs on our files (default: deploy/tensorrt_build.py, tensorrt_engine.py, tensorrt_detection.py)
 with MYPYPATH pointing at the fixed copy. Two kinds of report are noise and are filtered: errors
 inside the stubs themselves (they are not silenced entirely by ``follow_imports = silent``), and
 ``arg-type`` errors for tuples/lists passed where ``Dims``/``Permutation`` is expected (pybind
@@ -31,7 +31,7 @@ from importlib import metadata
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_FILES = (REPO / "deploy" / "tensorrt_build.py", REPO / "deploy" / "tensorrt_engine.py")
+DEFAULT_FILES = tuple(REPO / "deploy" / name for name in ("tensorrt_build.py", "tensorrt_engine.py", "tensorrt_detection.py"))
 STUB_PACKAGES = ("tensorrt", "tensorrt_bindings")
 # Modules our TensorRT files import besides tensorrt: not followed (fast, and their errors are not ours).
 SKIPPED_IMPORTS = "torch.*,torchvision.*,numpy.*,PIL.*,onnx.*,onnxruntime.*,safetensors.*,backbones.*"

@@ -448,7 +448,8 @@ def test_tensorrt_modules_typecheck(capsys):
     from deploy.typecheck_tensorrt import main as typecheck_main
 
     assert typecheck_main([]) == 0, capsys.readouterr().out
-    assert "no TensorRT type errors" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "no TensorRT type errors" in out and "tensorrt_detection.py" in out
 
 
 @needs_typecheck

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 import deploy
+from backbones.fileio import sha256_of
 from backbones.weights import save_weights
 from deploy.detection_export import (ExactResizeTransform, OUTPUT_NAMES, build_detector_onnx, exact_resize,
                                      match_detections)  # fmt: skip
@@ -28,6 +29,8 @@ from deploy.export import main as export_main
 from deploy.runtime import DetectionPredictor
 from deploy.samples import natural_images
 from deploy.sidecar import SidecarError, read_sidecar, sidecar_path, validate
+from deploy.tensorrt_build import TensorRTUnavailable, tensorrt_available
+from deploy.tensorrt_detection import detector_profiles
 from detection.train import build_detector
 
 CLASSES = ["shirt", "trouser", "pullover", "dress", "coat", "sandal", "sneaker", "bag", "boot", "hat"]
@@ -291,8 +294,14 @@ def test_classifier_given_detector_options_and_other_bad_requests(runs, tmp_path
         export_model("resnet18", runs["c4"], tmp_path / "d.onnx", detector="c4")
     with pytest.raises(ValueError, match="needs --weights RUN_DIR"):
         export_model("resnet20", None, tmp_path / "d.onnx", detector="c4")
-    with pytest.raises(ValueError, match="detectors export to ONNX only"):
+    with pytest.raises(ValueError, match=r"detectors export to ONNX or TensorRT \(--format onnx\|tensorrt\), not 'aoti'"):
         export_model("resnet20", runs["c4"], tmp_path / "d.pt2", detector="c4", format="aoti")
+    with pytest.raises(ValueError, match=r"support precision \['fp32', 'fp16'\], not 'int8' \(INT8 calibration"):
+        export_model("resnet20", runs["c4"], tmp_path / "d.engine", detector="c4", format="tensorrt", precision="int8")
+    with pytest.raises(ValueError, match=r"d\.onnx: a detector tensorrt artifact must end in \.engine or \.plan"):
+        export_model("resnet20", runs["c4"], tmp_path / "d.onnx", detector="c4", format="tensorrt")
+    with pytest.raises(ValueError, match=r"detector onnx exports support precision \['fp32'\], not 'fp16'"):
+        export_model("resnet20", runs["c4"], tmp_path / "d.onnx", detector="c4", precision="fp16")
     assert not list(tmp_path.iterdir())
 
 
@@ -304,3 +313,56 @@ def test_graph_builder_leaves_the_detector_in_eval_mode(runs, tmp_path):
     with exact_resize(model):
         assert isinstance(model.transform, ExactResizeTransform)
     assert model.transform is transform
+
+
+# ---------------------------------------------------------------- TensorRT
+TRT_OK, TRT_REASON = tensorrt_available()
+
+
+def test_detector_tensorrt_profile():
+    fashion = detector_profiles("image", 1, 128, 128, 2048)[0]["image"]
+    assert fashion == {"min": [1, 32, 32], "opt": [1, 128, 128], "max": [1, 2048, 2048]}
+    voc = detector_profiles("image", 3, 600, 1000, 2048)[0]["image"]
+    assert voc == {"min": [3, 32, 32], "opt": [3, 600, 800], "max": [3, 2048, 2048]}
+    assert detector_profiles("image", 3, 600, 1000, 500)[0]["image"]["opt"] == [3, 500, 500]
+    with pytest.raises(ValueError, match="max_image_side must be at least 32, got 16"):
+        detector_profiles("image", 3, 600, 1000, 16)
+
+
+@pytest.mark.skipif(TRT_OK, reason="checks the messages where TensorRT is missing")
+def test_detector_tensorrt_missing_is_a_clear_error(runs, exported, tmp_path):
+    with pytest.raises(TensorRTUnavailable, match="TensorRT"):
+        export_model("resnet20", runs["c4"], tmp_path / "d.engine", detector="c4", format="tensorrt", precision="fp16")
+    assert not list(tmp_path.iterdir())  # refused before any work
+    # a detector engine with a valid sidecar, loaded where TensorRT is missing
+    engine = tmp_path / "d.engine"
+    engine.write_bytes(b"serialised engine bytes")
+    data = json.loads(exported["c4"].sidecar.read_text())
+    data.update(backend="tensorrt", device="cuda", precision="fp16",
+                artifact={"file": engine.name, "sha256": sha256_of(engine), "size": engine.stat().st_size},
+                tensorrt={"version": "10.13.0", "gpu": "NVIDIA H100", "compute_capability": "9.0",
+                          "profiles": detector_profiles("image", 3, MIN_SIZE, MAX_SIZE, 2048)})  # fmt: skip
+    sidecar_path(engine).write_text(json.dumps(data))
+    with pytest.raises(TensorRTUnavailable, match="TensorRT"):
+        deploy.load(engine)
+
+
+@pytest.mark.skipif(not TRT_OK, reason=f"needs TensorRT and a CUDA GPU: {TRT_REASON}")
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_detector_tensorrt_round_trip(precision, runs, exported, tmp_path):
+    out = tmp_path / f"r20-c4-{precision}.engine"
+    result = export_model("resnet20", runs["c4"], out, detector="c4", format="tensorrt", precision=precision,
+                          max_image_side=512)  # fmt: skip
+    data = read_sidecar(out)
+    assert data["backend"] == "tensorrt" and data["precision"] == precision and data["task"] == "detection"
+    assert data["tensorrt"]["profiles"][0]["image"]["max"] == [3, 512, 512]
+    assert result.parity["compared"] >= 5 or result.parity["score_thresh_0"]["compared"] >= 5
+    engine, onnx = deploy.load(out), deploy.load(exported["c4"].artifact, device="cpu")
+    assert isinstance(engine, DetectionPredictor) and engine.backend.name == "tensorrt"
+    image = _image((150, 200), 5)
+    report = match_detections(_as_tensors(onnx.predict(image)[0]), _as_tensors(engine.predict(image)[0]),
+                              score_thresh=0.05, max_detections=100, box_tolerance=1.0 if precision == "fp32" else 4.0,
+                              score_tolerance=1e-3 if precision == "fp32" else 2e-2)  # fmt: skip
+    assert not report["unmatched"] and not report["extra"], report
+    with pytest.raises(ValueError, match="outside the engine's optimisation profile"):
+        engine.predict(_image((600, 200), 6))

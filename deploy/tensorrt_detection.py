@@ -1,0 +1,119 @@
+"""TensorRT engines for detectors: the whole detector ONNX graph (resize, backbone, RPN, RoIAlign,
+box decoding, NMS) built with one optimisation profile over the image's height and width, and run
+with TensorRT's output allocator, since the number of detections is known only after execution.
+
+What TensorRT 10 does with the graph (from its documentation, not run here: TensorRT cannot be
+installed on this project's machines): ``NonMaxSuppression``, ``NonZero``, ``TopK`` and
+``RoiAlign`` are supported by its ONNX parser; outputs whose size depends on the data
+(``boxes``, ``labels``, ``scores``: N detections) have no shape before execution, so each gets an
+``IOutputAllocator`` that TensorRT calls with the byte size it needs and the final shape.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .backends import ArtifactLoadError, Detections
+from .tensorrt_build import dims_to_list, require_tensorrt
+from .tensorrt_engine import TORCH_DTYPES, open_engine
+
+SMALLEST_SIDE = 32  # the profile's minimum height and width (the graph upsamples small images anyway)
+
+
+def detector_profiles(input_name: str, channels: int, min_size: int, max_size: int,
+                      max_side: int) -> list[dict[str, dict[str, list[int]]]]:  # fmt: skip
+    """One profile for one (C, H, W) image: sides SMALLEST_SIDE..max_side, tuned for a 4:3 image at
+    the detector's own scale (shorter side min_size)."""
+    if max_side < SMALLEST_SIDE:
+        raise ValueError(f"max_image_side must be at least {SMALLEST_SIDE}, got {max_side}")
+    short = min(min_size, max_side)
+    long = min(max(short, min(max_size, round(short * 4 / 3))), max_side)
+    return [{input_name: {"min": [channels, SMALLEST_SIDE, SMALLEST_SIDE], "opt": [channels, short, long],
+                          "max": [channels, max_side, max_side]}}]  # fmt: skip
+
+
+def make_output_allocator() -> Any:
+    """An ``IOutputAllocator`` that keeps each output in a torch CUDA buffer, grown as TensorRT asks."""
+    import tensorrt as trt
+
+    class TorchOutputAllocator(trt.IOutputAllocator):
+        def __init__(self) -> None:
+            trt.IOutputAllocator.__init__(self)
+            self.buffers: dict[str, torch.Tensor] = {}
+            self.shapes: dict[str, list[int]] = {}
+
+        def reallocate_output(self, tensor_name: str, memory: int, size: int, alignment: int) -> int:
+            buffer = self.buffers.get(tensor_name)
+            if buffer is None or buffer.numel() < size:
+                # at least one byte: TensorRT asks for 0 bytes when there are no detections
+                buffer = torch.empty(max(size, 1), dtype=torch.uint8, device="cuda")
+                self.buffers[tensor_name] = buffer
+            return int(buffer.data_ptr())
+
+        def reallocate_output_async(self, tensor_name: str, memory: int, size: int, alignment: int, stream: int) -> int:
+            return self.reallocate_output(tensor_name, memory, size, alignment)
+
+        def notify_shape(self, tensor_name: str, shape: trt.Dims) -> None:
+            self.shapes[tensor_name] = dims_to_list(shape)
+
+        def tensor(self, tensor_name: str, dtype: torch.dtype) -> torch.Tensor:
+            shape = self.shapes[tensor_name]
+            count = 1
+            for d in shape:
+                count *= d
+            element = torch.empty((), dtype=dtype).element_size()
+            return self.buffers[tensor_name][: count * element].view(dtype).reshape(shape)
+
+    return TorchOutputAllocator()
+
+
+class TensorRTDetectionBackend:
+    """A detector engine: one float (C, H, W) image in [0, 1] -> boxes, labels, scores (CPU tensors)."""
+
+    name = "tensorrt"
+    device = "cuda"
+
+    def __init__(self, path: str | Path, sidecar: dict[str, Any], strict_gpu: bool = True) -> None:
+        require_tensorrt()
+        import tensorrt as trt
+
+        self.path = Path(path)
+        self.runtime, self.engine, self.context = open_engine(self.path, sidecar, strict_gpu)
+        names = [self.engine.get_tensor_name(index) for index in range(self.engine.num_io_tensors)]
+        inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        post = sidecar["postprocessing"]
+        self.input_name = sidecar["inputs"][0]["name"]
+        self.output_names = [post["boxes"], post["labels"], post["scores"]]
+        if inputs != [self.input_name] or not set(self.output_names) <= set(outputs):
+            raise ArtifactLoadError(f"{self.path}: the sidecar names input {self.input_name!r} and outputs "
+                                    f"{self.output_names}; the engine has inputs {inputs} and outputs {outputs}")  # fmt: skip
+        self.dtypes = {n: TORCH_DTYPES[self.engine.get_tensor_dtype(n).name] for n in names}
+        low, _, high = (dims_to_list(d) for d in self.engine.get_tensor_profile_shape(self.input_name, 0))
+        self.min_shape, self.max_shape = low, high
+        self.allocator = make_output_allocator()
+        for name in outputs:
+            if not self.context.set_output_allocator(name, self.allocator):
+                raise ArtifactLoadError(f"{self.path}: TensorRT refused an output allocator for {name!r}")
+        self.stream = torch.cuda.Stream()
+
+    @torch.no_grad()
+    def __call__(self, image: torch.Tensor) -> Detections:
+        shape = list(image.shape)
+        if len(shape) != 3 or not all(a <= b <= c for a, b, c in zip(self.min_shape, shape, self.max_shape)):
+            raise ValueError(f"{self.path}: image of shape {tuple(shape)} is outside the engine's optimisation profile "
+                             f"({self.min_shape} to {self.max_shape}); resize it, or export again with a larger "
+                             "--max-image-side")  # fmt: skip
+        with torch.cuda.stream(self.stream):
+            x = image.to("cuda", self.dtypes[self.input_name], non_blocking=True).contiguous()
+            if not self.context.set_input_shape(self.input_name, tuple(shape)):
+                raise ValueError(f"{self.path}: TensorRT rejected input shape {tuple(shape)}")
+            self.context.set_tensor_address(self.input_name, x.data_ptr())
+            if not self.context.execute_async_v3(self.stream.cuda_stream):
+                raise RuntimeError(f"{self.path}: TensorRT execution failed; see the TensorRT log above")
+        self.stream.synchronize()
+        boxes, labels, scores = (self.allocator.tensor(n, self.dtypes[n]) for n in self.output_names)
+        return boxes.float().cpu().reshape(-1, 4), labels.long().cpu(), scores.float().cpu()

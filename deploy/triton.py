@@ -1,5 +1,6 @@
 """``python -m deploy.triton ARTIFACT --repository DIR [--name NAME] [--max-batch 32] [--instances 1]
-[--preferred-batch 8,16]``: a Triton Inference Server model repository for an ONNX or TensorRT artifact.
+[--preferred-batch 8,16]``: a Triton Inference Server model repository for an ONNX or TensorRT artifact
+(classifiers, with dynamic batching; detectors, one image of any size per request).
 
 Writes, all from the artifact's sidecar (tensor names, shapes, data types, classes)::
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import re
@@ -37,6 +39,7 @@ DATA_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int8": "TYPE_INT8
               "int64": "TYPE_INT64", "uint8": "TYPE_UINT8", "bool": "TYPE_BOOL"}  # fmt: skip
 KINDS = {"auto": "KIND_AUTO", "cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 DEFAULT_PREFERRED = (8, 16)
+DEFAULT_MAX_BATCH = 32
 CONFIG, LABELS, SIDECAR, VERSION_DIR = "config.pbtxt", "labels.txt", "sidecar.json", "1"
 _MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
 
@@ -48,7 +51,7 @@ class TritonError(ValueError):
 @dataclass
 class TritonOptions:
     name: str | None = None  # default: the artifact's file name without its suffix
-    max_batch: int = 32  # 0: no batching (dims are the full shapes)
+    max_batch: int | None = None  # 0: no batching (dims are the full shapes); default 32, detectors 0
     instances: int = 1
     preferred_batch: list[int] | None = None  # default: 8 and 16 where <= max_batch
     max_queue_delay_us: int = 100
@@ -276,6 +279,8 @@ def write_model(artifact: str | Path, repository: str | Path, options: TritonOpt
     if not artifact.is_file():
         raise FileNotFoundError(f"artifact not found: {artifact}")
     sidecar = read_sidecar(artifact)  # also checks the artifact's sha256: never serve a damaged file
+    if options.max_batch is None:  # a detector graph takes one image per request, of any size
+        options = dataclasses.replace(options, max_batch=0 if sidecar["task"] == "detection" else DEFAULT_MAX_BATCH)
     preferred = _check_request(artifact, sidecar, options)
     name = options.name or _default_name(artifact)
     if not _MODEL_NAME.fullmatch(name):
@@ -333,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("artifact", type=Path, help="an ONNX (.onnx) or TensorRT (.engine/.plan) artifact with its sidecar")
     parser.add_argument("--repository", type=Path, required=True, help="the Triton model repository folder")
     parser.add_argument("--name", help="model name (default: the artifact's file name without suffix)")
-    parser.add_argument("--max-batch", type=int, default=32, help="max_batch_size (0: no batching)")
+    parser.add_argument("--max-batch", type=int, help=f"max_batch_size (0: no batching; default {DEFAULT_MAX_BATCH}, "
+                        "detectors 0: one image of any size per request)")
     parser.add_argument("--instances", type=int, default=1, help="model instances (per GPU for GPU instances)")
     parser.add_argument("--preferred-batch", type=_batch_list, help="dynamic batching sizes (default 8,16 up to --max-batch)")
     parser.add_argument("--max-queue-delay-us", type=int, default=100, help="dynamic batching queue delay (microseconds)")

@@ -366,3 +366,20 @@ def test_detector_tensorrt_round_trip(precision, runs, exported, tmp_path):
     assert not report["unmatched"] and not report["extra"], report
     with pytest.raises(ValueError, match="outside the engine's optimisation profile"):
         engine.predict(_image((600, 200), 6))
+
+
+# ---------------------------------------------------------------- Triton
+def test_detector_triton_repository_takes_one_image_of_any_size(exported, tmp_path):
+    from test_deploy_triton_bench import _parse
+
+    from deploy.triton import TritonError, TritonOptions, write_model
+
+    model = write_model(exported["c4"].artifact, tmp_path / "repo")
+    config = _parse(model.config)
+    assert config.platform == "onnxruntime_onnx" and config.max_batch_size == 0  # detectors: no batching by default
+    assert [(t.name, list(t.dims)) for t in config.input] == [("image", [3, -1, -1])]
+    assert [(t.name, list(t.dims)) for t in config.output] == [("boxes", [-1, 4]), ("labels", [-1]), ("scores", [-1])]
+    assert model.labels.read_text().splitlines() == CLASSES and model.model_file.name == "model.onnx"
+    assert not config.HasField("dynamic_batching")
+    with pytest.raises(TritonError, match=r"--max-batch 8 needs a dynamic batch axis, but tensor 'image' has the fixed shape"):
+        write_model(exported["c4"].artifact, tmp_path / "repo2", TritonOptions(max_batch=8))

@@ -1,8 +1,13 @@
-"""``python -m deploy.bench ARTIFACT... [--eager ARCH[:WEIGHTS]] [--batch 1,8,32] [--device cpu|cuda]
-[--threads N] [--warmup 5] [--iters 30] [--rounds 5] [--json OUT] [--png OUT]``
+"""``python -m deploy.bench ARTIFACT... [--eager ARCH[:WEIGHTS] | --eager RUN_DIR] [--batch 1,8,32]
+[--device cpu|cuda] [--threads N] [--warmup 5] [--iters 30] [--rounds 5] [--json OUT] [--png OUT]``
 
 Latency (p50, p99, ms) and throughput (images/s) of exported artifacts side by side with PyTorch eager,
 in one process, on one synthetic batch (natural-looking images through the artifacts' preprocessing).
+
+Detectors (detector ``.onnx`` / ``.engine`` artifacts; the eager baseline is the ``detection.train``
+run directory, ``--eager RUN_DIR``) are timed one image per call, as their graphs take one image:
+a natural-looking image at the detector's own scale (shorter side min_size, 4:3), float in [0, 1],
+to boxes, labels and scores on the host. ``--batch`` does not apply to them.
 
 What is timed: one backend call on a batch already preprocessed and placed on the backend's device in
 its input dtype, until the logits are on the host (the GPU is synchronised). Preprocessing is not
@@ -41,8 +46,8 @@ import torch
 
 from backbones.fileio import atomic_path, atomic_write_text
 
-from .backends import ArtifactLoadError, OnnxBackend, default_providers
-from .runtime import Predictor, load, load_eager
+from .backends import ArtifactLoadError, OnnxBackend, OnnxDetectionBackend, default_providers
+from .runtime import DetectionPredictor, Predictor, load, load_eager
 from .samples import natural_images
 from .sidecar import SidecarError, read_sidecar, sidecar_path, tool_versions
 from .tensorrt_build import EngineCompatibilityError, TensorRTUnavailable
@@ -78,7 +83,7 @@ class Target:
 
     label: str
     source: str
-    predictor: Predictor
+    predictor: Predictor | DetectionPredictor
     precision: str
     arch: str
     is_eager: bool
@@ -90,8 +95,9 @@ class Target:
     def describe(self) -> dict[str, Any]:
         backend = self.backend
         info = {"label": self.label, "source": self.source, "backend": backend.name, "device": backend.device,
-                "precision": self.precision, "arch": self.arch, "max_batch": backend.max_batch}  # fmt: skip
-        if isinstance(backend, OnnxBackend):
+                "precision": self.precision, "arch": self.arch, "task": self.predictor.task,
+                "max_batch": getattr(backend, "max_batch", 1)}  # fmt: skip
+        if isinstance(backend, (OnnxBackend, OnnxDetectionBackend)):
             info["providers"] = backend.providers
             info["onnxruntime_intra_op_threads"] = backend.session.get_session_options().intra_op_num_threads
         return info
@@ -104,30 +110,47 @@ def _onnx_providers(device: str, providers: list[str] | None) -> list[str]:
     return providers if providers is not None else default_providers()
 
 
+def load_detection_run(path: Path, device: str) -> Target:
+    """The eager baseline for detectors: a ``detection.train`` run directory."""
+    if not (path / "config.json").is_file() or "design" not in json.loads((path / "config.json").read_text()):
+        raise BenchError(f"{path}: not a detection.train run directory (config.json with a 'design'); a classifier's "
+                         "eager baseline is --eager ARCH[:WEIGHTS]")  # fmt: skip
+    predictor = load(path, device=device)
+    assert isinstance(predictor, DetectionPredictor)
+    return Target("eager-fp32", str(path), predictor, "fp32", predictor.sidecar["model"]["arch"], True)
+
+
 def load_artifact(path: Path, options: BenchOptions, threads: int) -> Target:
     """A target for an exported artifact; onnxruntime gets exactly ``threads`` intra-op threads."""
+    if path.is_dir():
+        return load_detection_run(path, options.device)
     if not path.is_file():
         raise FileNotFoundError(f"artifact not found: {path}")
     if not sidecar_path(path).is_file():
         raise SidecarError(f"{path}: no sidecar found; expected {sidecar_path(path)} (written by python -m "
                            "deploy.export next to the artifact)")  # fmt: skip
     sidecar = read_sidecar(path)
-    if sidecar["task"] != "classification":
-        raise BenchError(f"{path}: a {sidecar['task']} artifact; deploy.bench measures classifiers")
-    if sidecar["backend"] == "onnx":
+    predictor: Predictor | DetectionPredictor
+    if sidecar["task"] == "detection" and sidecar["backend"] == "onnx":
+        post = sidecar["postprocessing"]
+        backend = OnnxDetectionBackend(path, sidecar["inputs"][0]["name"], [post["boxes"], post["labels"], post["scores"]],
+                                       _onnx_providers(options.device, options.providers), threads=threads)  # fmt: skip
+        predictor = DetectionPredictor(backend, sidecar, str(path))
+    elif sidecar["backend"] == "onnx":
         backend = OnnxBackend(path, sidecar["inputs"][0]["name"], sidecar["postprocessing"]["output"],
                               _onnx_providers(options.device, options.providers), threads=threads)  # fmt: skip
         predictor = Predictor(backend, sidecar, str(path))
     else:
-        loaded = load(path, device=options.device, verify_sha256=False)  # verified just above
-        assert isinstance(loaded, Predictor)  # a classification sidecar gives a classifier
-        predictor = loaded
+        predictor = load(path, device=options.device, verify_sha256=False)  # verified just above
     return Target(f"{sidecar['backend']}-{sidecar['precision']}", str(path), predictor, sidecar["precision"],
                   sidecar["model"]["arch"], sidecar["backend"] == "eager")  # fmt: skip
 
 
 def load_eager_spec(spec: str, device: str) -> Target:
-    """``ARCH`` (random init, fine for timing) or ``ARCH:WEIGHTS`` (zoo id, run directory or weights file)."""
+    """``ARCH`` (random init, fine for timing) or ``ARCH:WEIGHTS`` (zoo id, run directory or weights file);
+    for detectors a ``detection.train`` run directory."""
+    if Path(spec).is_dir():
+        return load_detection_run(Path(spec), device)
     arch, _, weights = spec.partition(":")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*randomly initialised model")  # weights do not change timings
@@ -154,6 +177,10 @@ def load_targets(options: BenchOptions, threads: int) -> list[Target]:
         raise BenchError("no PyTorch eager baseline: pass --eager ARCH[:WEIGHTS] or an eager artifact (.safetensors)")
     targets.remove(eager[0])
     targets.insert(0, eager[0])
+    tasks = {t.predictor.task for t in targets}
+    if len(tasks) > 1:
+        listing = ", ".join(f"{t.source}: {t.predictor.task}" for t in targets)
+        raise BenchError(f"classifiers and detectors cannot be compared in one run ({listing})")
     _unique_labels(targets)
     for target in targets[1:]:
         if target.arch != targets[0].arch:
@@ -166,18 +193,33 @@ def load_targets(options: BenchOptions, threads: int) -> list[Target]:
 
 
 # ---------------------------------------------------------------- inputs and calls
-def input_geometry(targets: list[Target]) -> tuple[int, int]:
-    """(channels, size) shared by every target; different inputs cannot be compared on one batch."""
-    shapes = {(t.predictor.preprocess.channels, t.predictor.preprocess.input_size) for t in targets}
+def _geometry(target: Target) -> tuple[int, ...]:
+    """Classifiers: (channels, input size); detectors: (channels, min_size, max_size)."""
+    predictor = target.predictor
+    if isinstance(predictor, DetectionPredictor):
+        pre = predictor.sidecar["preprocessing"]
+        return predictor.channels, int(pre["min_size"]), int(pre["max_size"])
+    return predictor.preprocess.channels, predictor.preprocess.input_size
+
+
+def input_geometry(targets: list[Target]) -> tuple[int, ...]:
+    """The input geometry every target shares; different inputs cannot be compared on one batch."""
+    shapes = {_geometry(t) for t in targets}
     if len(shapes) != 1:
-        listing = ", ".join(f"{t.label}: {t.predictor.preprocess.channels}x{t.predictor.preprocess.input_size}"
-                            for t in targets)  # fmt: skip
+        listing = ", ".join(f"{t.label}: {'x'.join(map(str, _geometry(t)))}" for t in targets)
         raise BenchError(f"the backends take different inputs ({listing}); benchmark one network at a time")
     return shapes.pop()
 
 
+def detection_image(target: Target) -> torch.Tensor:
+    """One uint8 (C, H, W) image at the detector's own scale: shorter side min_size, 4:3."""
+    channels, min_size, max_size = _geometry(target)
+    return natural_images(1, (min_size, min(max_size, round(min_size * 4 / 3))), channels, seed=0)[0]
+
+
 def synthetic_inputs(target: Target, largest: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A preprocessed float32 batch of ``largest`` images and one raw uint8 image (for predict())."""
+    assert isinstance(target.predictor, Predictor)
     pre = target.predictor.preprocess
     raw_size = (pre.resize * 5 // 4, pre.resize) if pre.resize else (pre.input_size, pre.input_size)
     images = natural_images(min(largest, UNIQUE_IMAGES), raw_size, pre.channels, seed=0)
@@ -289,6 +331,16 @@ def measure(targets: list[Target], batch: torch.Tensor, options: BenchOptions) -
     return rows
 
 
+def measure_detection(targets: list[Target], image: torch.Tensor, options: BenchOptions) -> list[dict[str, Any]]:
+    """One row per detector backend: one image per call (float, on the backend's device) -> detections on the host."""
+    x = image.float() / 255
+    calls = {t.label: forward_call(t, x) for t in targets}
+    samples = time_interleaved(calls, options.warmup, options.iters, options.rounds)
+    rows = [{"backend": t.label, "batch": 1, **summarise(samples[t.label], 1)} for t in targets]
+    add_ratios(rows, targets[0].label)
+    return rows
+
+
 def measure_predict(targets: list[Target], image: torch.Tensor, options: BenchOptions) -> list[dict[str, Any]]:
     """predict() end to end (raw uint8 image -> preprocessing -> backend -> top-k) at batch 1."""
     calls: dict[str, Callable[[], Any]] = {t.label: partial(t.predictor.predict, image) for t in targets}
@@ -302,7 +354,9 @@ def measure_predict(targets: list[Target], image: torch.Tensor, options: BenchOp
 def goal_checks(report: dict[str, Any]) -> list[dict[str, Any]]:
     """The project's deployment goals, where this run measured what they need."""
     rows, backends = report["results"], {b["label"]: b for b in report["backends"]}
-    checks = []
+    checks: list[dict[str, Any]] = []
+    if report["task"] != "classification":  # the goals are the classifier's (ResNet-50)
+        return checks
     if report["device"] == "cpu":
         for row in rows:
             if backends[row["backend"]]["backend"] == "onnx" and row["batch"] == CPU_GOAL["batch"] and "latency_ratio" in row:
@@ -380,22 +434,30 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
     _warn_if_busy()
     environment = _environment(options.device)
     targets = load_targets(options, threads)
-    channels, size = input_geometry(targets)
-    batch, image = synthetic_inputs(targets[0], max(options.batches))
+    task = targets[0].predictor.task
+    geometry = input_geometry(targets)
     started = time.perf_counter()
-    results = measure(targets, batch, options)
+    if task == "detection":
+        image = detection_image(targets[0])
+        shape, batches = list(image.shape), [1]
+        timed = "backend call on one float image on the backend's device -> boxes, labels, scores on the host"
+        results = measure_detection(targets, image, options)
+    else:
+        batch, image = synthetic_inputs(targets[0], max(options.batches))
+        shape, batches = [geometry[0], geometry[1], geometry[1]], options.batches
+        timed = "backend call on a ready batch on the backend's device -> logits on the host"
+        results = measure(targets, batch, options)
     predict_rows = measure_predict(targets, image, options) if options.predict else []
     if hasattr(os, "getloadavg"):
         environment["loadavg_end"] = list(os.getloadavg())
     report = {
         "format": REPORT_FORMAT, "version": 1,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": options.command,
-        "device": options.device,
+        "device": options.device, "task": task,
         "threads": {"torch_intra_op": torch.get_num_threads(), "torch_inter_op": torch.get_num_interop_threads(),
                     "onnxruntime_intra_op": threads},
-        "settings": {"batches": options.batches, "warmup": options.warmup, "iters": options.iters,
-                     "rounds": len(round_sizes(options.iters, options.rounds)), "input": [channels, size, size],
-                     "timed": "backend call on a ready batch on the backend's device -> logits on the host",
+        "settings": {"batches": batches, "warmup": options.warmup, "iters": options.iters,
+                     "rounds": len(round_sizes(options.iters, options.rounds)), "input": shape, "timed": timed,
                      "input_data": "synthetic natural-looking images through the artifacts' preprocessing"},
         "environment": environment,
         "baseline": targets[0].label,
@@ -429,7 +491,8 @@ def format_table(report: dict[str, Any]) -> str:
                      f"{row['throughput_ips']:>10.1f} {_ratio(row.get('latency_ratio')):>10} "
                      f"{_ratio(row.get('throughput_ratio')):>12}")  # fmt: skip
     if report["predict"]:
-        lines.append("predict() end to end, batch 1 (raw uint8 image -> preprocessing -> backend -> top-k):")
+        output = "top-k" if report.get("task", "classification") == "classification" else "detections"
+        lines.append(f"predict() end to end, batch 1 (raw uint8 image -> preprocessing -> backend -> {output}):")
         for row in report["predict"]:
             lines.append(f"{1:>5}  {row['backend']:<24} {row['p50_ms']:>9.3f} {row['p99_ms']:>9.3f} "
                          f"{row['throughput_ips']:>10.1f} {_ratio(row.get('latency_ratio')):>10}")  # fmt: skip
@@ -494,7 +557,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m deploy.bench", description=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("artifacts", nargs="*", type=Path, help="exported artifacts (with their .json sidecars)")
-    parser.add_argument("--eager", metavar="ARCH[:WEIGHTS]", help="PyTorch eager baseline (no weights: random init)")
+    parser.add_argument("--eager", metavar="ARCH[:WEIGHTS]", help="PyTorch eager baseline (no weights: random init); "
+                        "for detectors the detection.train run directory")
     parser.add_argument("--batch", type=_int_list, default=[1, 8, 32], help="batch sizes (default 1,8,32)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--threads", type=int, help="torch and onnxruntime intra-op threads (default: torch's current)")

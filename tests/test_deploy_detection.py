@@ -383,3 +383,22 @@ def test_detector_triton_repository_takes_one_image_of_any_size(exported, tmp_pa
     assert not config.HasField("dynamic_batching")
     with pytest.raises(TritonError, match=r"--max-batch 8 needs a dynamic batch axis, but tensor 'image' has the fixed shape"):
         write_model(exported["c4"].artifact, tmp_path / "repo2", TritonOptions(max_batch=8))
+
+
+# ---------------------------------------------------------------- bench
+def test_bench_detector_onnx_vs_eager_run(runs, exported, tmp_path, capsys):
+    from deploy.bench import BenchError, BenchOptions, run_bench
+    from deploy.bench import main as bench_main
+
+    report = run_bench(BenchOptions([exported["c4"].artifact], eager=str(runs["c4"]), warmup=1, iters=4, rounds=2,
+                                    threads=1))  # fmt: skip
+    assert report["task"] == "detection" and report["settings"]["input"] == [3, MIN_SIZE, 171]  # 4:3 capped by max_size
+    assert [(r["backend"], r["batch"], r["calls"]) for r in report["results"]] == [("eager-fp32", 1, 4), ("onnx-fp32", 1, 4)]
+    eager, onnx = report["results"]
+    assert eager["latency_ratio"] == 1.0 and onnx["latency_ratio"] == pytest.approx(onnx["p50_ms"] / eager["p50_ms"])
+    assert onnx["throughput_ips"] > 0 and len(report["predict"]) == 2 and report["goals"] == []  # goals are ResNet-50's
+    assert [b["task"] for b in report["backends"]] == ["detection", "detection"]
+    with pytest.raises(BenchError, match="classifiers and detectors cannot be compared in one run"):
+        run_bench(BenchOptions([exported["c4"].artifact], eager="resnet20", iters=1, rounds=1))
+    with pytest.raises(SystemExit, match=r"not a detection.train run directory"):
+        bench_main([str(exported["c4"].artifact), "--eager", str(tmp_path)])

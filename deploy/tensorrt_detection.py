@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from .backends import ArtifactLoadError, Detections
-from .tensorrt_build import dims_to_list, require_tensorrt
-from .tensorrt_engine import TORCH_DTYPES, open_engine
+from .tensorrt_build import dims_to_list
+from .tensorrt_engine import EngineBackend
 
 SMALLEST_SIDE = 32  # the profile's minimum height and width (the graph upsamples small images anyway)
 
@@ -70,35 +70,19 @@ def make_output_allocator() -> Any:
     return TorchOutputAllocator()
 
 
-class TensorRTDetectionBackend:
+class TensorRTDetectionBackend(EngineBackend):
     """A detector engine: one float (C, H, W) image in [0, 1] -> boxes, labels, scores (CPU tensors)."""
 
-    name = "tensorrt"
-    device = "cuda"
-
     def __init__(self, path: str | Path, sidecar: dict[str, Any], strict_gpu: bool = True) -> None:
-        require_tensorrt()
-        import tensorrt as trt
-
-        self.path = Path(path)
-        self.runtime, self.engine, self.context = open_engine(self.path, sidecar, strict_gpu)
-        names = [self.engine.get_tensor_name(index) for index in range(self.engine.num_io_tensors)]
-        inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         post = sidecar["postprocessing"]
-        self.input_name = sidecar["inputs"][0]["name"]
         self.output_names = [post["boxes"], post["labels"], post["scores"]]
-        if inputs != [self.input_name] or not set(self.output_names) <= set(outputs):
-            raise ArtifactLoadError(f"{self.path}: the sidecar names input {self.input_name!r} and outputs "
-                                    f"{self.output_names}; the engine has inputs {inputs} and outputs {outputs}")  # fmt: skip
-        self.dtypes = {n: TORCH_DTYPES[self.engine.get_tensor_dtype(n).name] for n in names}
+        super().__init__(path, sidecar, self.output_names, strict_gpu)
         low, _, high = (dims_to_list(d) for d in self.engine.get_tensor_profile_shape(self.input_name, 0))
         self.min_shape, self.max_shape = low, high
         self.allocator = make_output_allocator()
-        for name in outputs:
+        for name in self.outputs:
             if not self.context.set_output_allocator(name, self.allocator):
                 raise ArtifactLoadError(f"{self.path}: TensorRT refused an output allocator for {name!r}")
-        self.stream = torch.cuda.Stream()
 
     @torch.no_grad()
     def __call__(self, image: torch.Tensor) -> Detections:

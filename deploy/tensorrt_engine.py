@@ -45,29 +45,37 @@ def open_engine(path: Path, sidecar: dict[str, Any],
     return runtime, engine, context
 
 
-class TensorRTBackend:
+class EngineBackend:
+    """An opened engine whose tensors are the ones its sidecar names: one input, ``outputs`` among its outputs."""
+
     name = "tensorrt"
     device = "cuda"
 
-    def __init__(self, path: str | Path, sidecar: dict[str, Any], strict_gpu: bool = True) -> None:
+    def __init__(self, path: str | Path, sidecar: dict[str, Any], outputs: list[str], strict_gpu: bool = True) -> None:
         require_tensorrt()
         import tensorrt as trt
 
         self.path = Path(path)
-        self.runtime, engine, self.context = open_engine(self.path, sidecar, strict_gpu)
-        self.engine = engine
-        names = [engine.get_tensor_name(index) for index in range(engine.num_io_tensors)]
-        self.inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self.outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        expected_in, expected_out = sidecar["inputs"][0]["name"], sidecar["postprocessing"]["output"]
-        if self.inputs != [expected_in] or expected_out not in self.outputs:
-            raise ArtifactLoadError(f"{self.path}: the sidecar names input {expected_in!r} and output {expected_out!r}; "
+        self.runtime, self.engine, self.context = open_engine(self.path, sidecar, strict_gpu)
+        names = [self.engine.get_tensor_name(index) for index in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self.input_name = sidecar["inputs"][0]["name"]
+        if self.inputs != [self.input_name] or not set(outputs) <= set(self.outputs):
+            raise ArtifactLoadError(f"{self.path}: the sidecar names input {self.input_name!r} and output(s) {outputs}; "
                                     f"the engine has inputs {self.inputs} and outputs {self.outputs}")  # fmt: skip
-        self.input_name, self.output_name = expected_in, expected_out
-        self.dtypes = {n: TORCH_DTYPES[engine.get_tensor_dtype(n).name] for n in names}
-        _, _, max_shape = engine.get_tensor_profile_shape(self.input_name, 0)
-        self.max_batch: int | None = dims_to_list(max_shape)[0]
+        self.dtypes = {n: TORCH_DTYPES[self.engine.get_tensor_dtype(n).name] for n in names}
         self.stream = torch.cuda.Stream()
+
+
+class TensorRTBackend(EngineBackend):
+    """A classifier engine: a normalised (N, C, H, W) batch -> logits (CPU float32)."""
+
+    def __init__(self, path: str | Path, sidecar: dict[str, Any], strict_gpu: bool = True) -> None:
+        self.output_name = sidecar["postprocessing"]["output"]
+        super().__init__(path, sidecar, [self.output_name], strict_gpu)
+        _, _, max_shape = self.engine.get_tensor_profile_shape(self.input_name, 0)
+        self.max_batch: int | None = dims_to_list(max_shape)[0]
 
     @torch.no_grad()
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:

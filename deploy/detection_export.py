@@ -20,9 +20,12 @@ PyTorch uses float64, so for some image sizes the graph resized to one pixel les
 sizes, boxes off by up to 2 px, other detections). :class:`ExactResizeTransform` traces the eager
 arithmetic instead (pytorch/vision#3654 discusses the same float32/float64 difference).
 
-``--format tensorrt`` builds a TensorRT engine from that ONNX file (:mod:`deploy.tensorrt_detection`:
-one optimisation profile over the image's height and width up to ``--max-image-side``, fp32 or
-fp16) and checks the engine the same way; it needs ``tensorrt`` and a CUDA GPU.
+``--format tensorrt`` builds a TensorRT engine from that graph traced with a constant RPN top-k
+(:mod:`deploy.static_topk`: TensorRT's parser takes TopK's K only as a constant, which is exact for
+images whose every RPN level has at least pre_nms_top_n anchors; the profile's smallest side is
+chosen so) with one optimisation profile over the image's height and width up to
+``--max-image-side`` (:mod:`deploy.tensorrt_detection`), fp32 or fp16, and checks the engine the
+same way; it needs ``tensorrt`` and a CUDA GPU.
 
 The check: natural-looking images (:mod:`deploy.samples`) at two sizes, one smaller than min_size
 (upscaled) and one larger in the other orientation (downscaled), run through onnxruntime and
@@ -322,21 +325,36 @@ def _open(path: Path, data: dict[str, Any], label: str) -> DetectorBackend:
         raise ExportError(f"{label}: the new artifact does not load: {error}") from error
 
 
-def _build(model: nn.Module, prepared: PreparedDetector, example: torch.Tensor, staged: Path, work: Path,
+def _build(model: nn.Module, prepared: PreparedDetector, example: torch.Tensor, staged: Path,
            options: ExportOptions) -> dict[str, Any] | None:  # fmt: skip
     """Write the artifact at ``staged``; for TensorRT, return the sidecar's ``tensorrt`` record."""
     if options.format == "onnx":
         build_detector_onnx(model, example, staged, options.opset)
         return None
     from .tensorrt_build import BuildOptions, build_engine
-    from .tensorrt_detection import detector_profiles
 
     onnx_path = staged.with_suffix(".onnx")
-    build_detector_onnx(model, example, onnx_path, options.opset)
-    pre = prepared.preprocessing()
-    profiles = detector_profiles(INPUT_NAME, prepared.channels, pre["min_size"], pre["max_size"], options.max_image_side)
+    profiles = build_tensorrt_onnx(model, prepared, example, onnx_path, options)
     return build_engine(onnx_path, staged, BuildOptions(options.precision, profiles, options.workspace_gib,
                                                         options.timing_cache))  # fmt: skip
+
+
+def build_tensorrt_onnx(model: nn.Module, prepared: PreparedDetector, example: torch.Tensor, path: Path,
+                        options: ExportOptions) -> list[dict[str, dict[str, list[int]]]]:  # fmt: skip
+    """The detector graph for TensorRT (RPN top-k with a constant K, :mod:`deploy.static_topk`) and the
+    optimisation profile of image sizes for which that graph equals PyTorch."""
+    from .static_topk import smallest_safe_side, static_rpn_topk
+    from .tensorrt_detection import detector_profiles
+
+    try:
+        min_side = smallest_safe_side(model, prepared.channels, options.max_image_side)
+    except ValueError as error:
+        raise ExportError(f"{prepared.arch} {prepared.design} detector: {error}") from None
+    pre = prepared.preprocessing()
+    with static_rpn_topk():
+        build_detector_onnx(model, example, path, options.opset)
+    return detector_profiles(INPUT_NAME, prepared.channels, pre["min_size"], pre["max_size"], options.max_image_side,
+                             min_side)  # fmt: skip
 
 
 def _low_threshold_check(prepared: PreparedDetector, example: torch.Tensor, images: list[torch.Tensor], work: Path,
@@ -346,7 +364,7 @@ def _low_threshold_check(prepared: PreparedDetector, example: torch.Tensor, imag
     probe.roi_heads.score_thresh = 0.0
     path = work / "score_thresh_0" / f"check{''.join(SUFFIXES[options.format][:1])}"
     path.parent.mkdir()
-    record = _build(probe, prepared, example, path, path.parent, options)
+    record = _build(probe, prepared, example, path, options)
     backend = _open(path, {"backend": options.format, "tensorrt": record, "inputs": [{"name": INPUT_NAME}],
                            "postprocessing": dict(zip(OUTPUT_NAMES, OUTPUT_NAMES))}, label)  # fmt: skip
     return check_detection_parity(probe, backend, images, tolerances[0], f"{label} (check graph, score_thresh 0)",
@@ -376,7 +394,7 @@ def export_detector(arch: str, weights: str | Path | None, output: str | Path, o
         work = Path(work_dir)
         staged = work / output.name
         try:
-            record = _build(prepared.model, prepared, example, staged, work, options)
+            record = _build(prepared.model, prepared, example, staged, options)
         except ExportError:
             raise
         except Exception as error:  # the exporter's own failure: say which step, keep the cause chained

@@ -23,15 +23,15 @@ from .tensorrt_engine import EngineBackend
 SMALLEST_SIDE = 32  # the profile's minimum height and width (the graph upsamples small images anyway)
 
 
-def detector_profiles(input_name: str, channels: int, min_size: int, max_size: int,
-                      max_side: int) -> list[dict[str, dict[str, list[int]]]]:  # fmt: skip
-    """One profile for one (C, H, W) image: sides SMALLEST_SIDE..max_side, tuned for a 4:3 image at
-    the detector's own scale (shorter side min_size)."""
-    if max_side < SMALLEST_SIDE:
-        raise ValueError(f"max_image_side must be at least {SMALLEST_SIDE}, got {max_side}")
-    short = min(min_size, max_side)
+def detector_profiles(input_name: str, channels: int, min_size: int, max_size: int, max_side: int,
+                      min_side: int = SMALLEST_SIDE) -> list[dict[str, dict[str, list[int]]]]:  # fmt: skip
+    """One profile for one (C, H, W) image: sides min_side..max_side, tuned for a 4:3 image at the
+    detector's own scale (shorter side min_size)."""
+    if max_side < max(min_side, SMALLEST_SIDE):
+        raise ValueError(f"max_image_side must be at least {max(min_side, SMALLEST_SIDE)}, got {max_side}")
+    short = max(min(min_size, max_side), min_side)
     long = min(max(short, min(max_size, round(short * 4 / 3))), max_side)
-    return [{input_name: {"min": [channels, SMALLEST_SIDE, SMALLEST_SIDE], "opt": [channels, short, long],
+    return [{input_name: {"min": [channels, min_side, min_side], "opt": [channels, short, long],
                           "max": [channels, max_side, max_side]}}]  # fmt: skip
 
 

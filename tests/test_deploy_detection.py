@@ -15,6 +15,8 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnx.numpy_helper
 import pytest
 import torch
 from PIL import Image
@@ -22,14 +24,17 @@ from PIL import Image
 import deploy
 from backbones.fileio import sha256_of
 from backbones.weights import save_weights
-from deploy.detection_export import (ExactResizeTransform, OUTPUT_NAMES, build_detector_onnx, exact_resize,
-                                     match_detections)  # fmt: skip
-from deploy.export import ExportError, export_model
+from deploy.backends import OnnxDetectionBackend
+from deploy.detection_export import (ExactResizeTransform, OUTPUT_NAMES, build_detector_onnx, build_tensorrt_onnx,
+                                     check_detection_parity, exact_resize, match_detections)  # fmt: skip
+from deploy.export import ExportError, ExportOptions, export_model
 from deploy.export import main as export_main
+from deploy.models import prepare_detector
 from deploy.runtime import DetectionPredictor
 from deploy.samples import natural_images
 from deploy.sidecar import SidecarError, read_sidecar, sidecar_path, validate
 from deploy.tensorrt_build import TensorRTUnavailable, tensorrt_available
+from deploy.static_topk import fewest_anchors
 from deploy.tensorrt_detection import detector_profiles
 from detection.train import build_detector
 
@@ -327,6 +332,51 @@ def test_detector_tensorrt_profile():
     assert detector_profiles("image", 3, 600, 1000, 500)[0]["image"]["opt"] == [3, 500, 500]
     with pytest.raises(ValueError, match="max_image_side must be at least 32, got 16"):
         detector_profiles("image", 3, 600, 1000, 16)
+
+
+def _topk_ks(path: Path) -> list[int | None]:
+    """K of every TopK node: its value where K is a constant (initializer or Constant node), else None."""
+    graph = onnx.load(str(path)).graph
+    constants = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
+    constants |= {n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t) for n in graph.node if n.op_type == "Constant"}
+    return [int(constants[n.input[1]].item()) if n.input[1] in constants else None
+            for n in graph.node if n.op_type == "TopK"]  # fmt: skip
+
+
+@pytest.mark.parametrize("pre_nms_top_n", [300, 30000])
+def test_tensorrt_graph_has_a_constant_topk_and_matches_pytorch_over_its_profile(pre_nms_top_n, runs, tmp_path):
+    """The graph TensorRT builds from runs here in onnxruntime: constant K, and PyTorch's detections on
+    images inside its profile, down to the thinnest (smallest side x largest side). With K = 30000
+    a 32 x 320 image has too few anchors (18432), so the profile starts at 64 px."""
+    prepared = prepare_detector("resnet20", runs["c4"])
+    prepared.model.rpn._pre_nms_top_n["testing"] = pre_nms_top_n
+    example = _image((120, 150), 3).float() / 255
+    dynamic, static = tmp_path / "dynamic.onnx", tmp_path / "static.onnx"
+    build_detector_onnx(prepared.model, example, dynamic)
+    profiles = build_tensorrt_onnx(prepared.model, prepared, example, static,
+                                   ExportOptions(format="tensorrt", detector="c4", max_image_side=320))  # fmt: skip
+    assert _topk_ks(dynamic) == [None] and _topk_ks(static) == [pre_nms_top_n]
+    low, high = profiles[0]["image"]["min"], profiles[0]["image"]["max"]
+    side = {300: 32, 30000: 64}[pre_nms_top_n]
+    assert low == [3, side, side] and high == [3, 320, 320]
+    assert fewest_anchors(prepared.model, 3, [(side, 320), (320, side), (side, side)])[0] >= pre_nms_top_n
+    if side > 32:
+        assert fewest_anchors(prepared.model, 3, [(32, 320)]) == (18432, (32, 320))
+    backend = OnnxDetectionBackend(static, "image", OUTPUT_NAMES, ["CPUExecutionProvider"])
+    images = [_image(size, 20 + i).float() / 255 for i, size in enumerate([(side, 320), (320, side), (side + 7, side + 50)])]
+    report = check_detection_parity(prepared.model, backend, images, 1.0, "static-K graph")
+    assert report["compared"] >= 30 and report["max_box_error_px"] < 1e-3
+
+
+def test_tensorrt_graph_refuses_a_top_k_no_image_can_keep(runs):
+    prepared = prepare_detector("resnet20", runs["c4"])
+    prepared.model.rpn._pre_nms_top_n["testing"] = 10**6
+    with pytest.raises(ExportError, match=r"resnet20 c4 detector: no optimisation profile with sides from 32 to "
+                                          r"--max-image-side 320 px gives every RPN level at least pre_nms_top_n = "
+                                          r"1000000 anchors; a 320x320 image gives a level only 49152 anchors"):  # fmt: skip
+        build_tensorrt_onnx(prepared.model, prepared, _image((120, 150), 3).float() / 255, Path("unused.onnx"),
+                            ExportOptions(format="tensorrt", detector="c4", max_image_side=320))  # fmt: skip
+    assert not Path("unused.onnx").exists()
 
 
 @pytest.mark.skipif(TRT_OK, reason="checks the messages where TensorRT is missing")

@@ -110,3 +110,29 @@ def test_eval_errors_are_clear(benchmark, tmp_path):
         train_main(["--backbone", "resnet21", "--dataset", "fashion-det", "--data-root", str(benchmark)])
     with pytest.raises(SystemExit, match="VOC2007"):
         train_main(["--backbone", "resnet20", "--dataset", "voc07+12", "--data-root", str(tmp_path)])
+
+
+def test_compare_draws_a_row_per_run_and_a_column_per_image(detector_run, benchmark, tmp_path, capsys):
+    from PIL import Image
+
+    from detection.compare import main as compare_main
+    from detection.compare import run_title
+
+    out = tmp_path / "compare.png"
+    assert compare_main([str(detector_run), str(detector_run), "--dataset", "fashion-det", "--data-root", str(benchmark),
+                         "--output", str(out), "--images", "3", "--threshold", "0.0", "--scale", "2"]) == 0  # fmt: skip
+    assert f"wrote {out}" in capsys.readouterr().out
+    width, height = Image.open(out).size
+    assert width > height > 0 and width >= 3 * 96 * 2 * 0.9  # three 2x-enlarged 96 px canvases side by side
+    records = [json.loads(line) for line in (detector_run / "metrics.jsonl").read_text().splitlines()]
+    final = [r for r in records if r["kind"] == "eval"][-1]
+    title = run_title(detector_run, json.loads((detector_run / "config.json").read_text()))
+    assert title == (f"resnet20 C4: VOC07 mAP {final['voc_mAP']:.1f}, COCO AP50 {final['coco_AP50']:.1f}, "
+                     f"AP {final['coco_AP']:.1f}")  # fmt: skip
+    with pytest.raises(SystemExit, match=r"need --images >= 1"):
+        compare_main([str(detector_run), "--dataset", "fashion-det", "--data-root", str(benchmark), "--output",
+                      str(tmp_path / "x.png"), "--images", "0"])  # fmt: skip
+    with pytest.raises(SystemExit, match=r"config.json is missing"):
+        compare_main([str(tmp_path), "--dataset", "fashion-det", "--data-root", str(benchmark), "--output",
+                      str(tmp_path / "x.png")])  # fmt: skip
+    assert not (tmp_path / "x.png").exists()

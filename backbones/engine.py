@@ -142,6 +142,7 @@ class Trainer:
         self.meter_count = 0  # images in the current log window (this process)
         self.samples_seen = 0
         self.last_eval: dict[str, float] = {}
+        self.last_eval_iteration = -1  # the iteration last_eval was measured at (-1: none)
         self.train_model = self._wrap(self.model)
         amp_dtype = AMP_DTYPES[config.amp]
         self.autocast = (
@@ -173,6 +174,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "meters": {"sums": {k: float(v) for k, v in self.meter_sums.items()}, "count": self.meter_count},
             "last_eval": dict(self.last_eval),
+            "last_eval_iteration": self.last_eval_iteration,
             "rng": _rng_state(),
             "run_config": json.dumps(self.run_config, sort_keys=True, default=str),
         }
@@ -203,6 +205,7 @@ class Trainer:
                            for k, v in state["meters"]["sums"].items()}  # fmt: skip
         self.meter_count = int(state["meters"]["count"])
         self.last_eval = dict(state["last_eval"])
+        self.last_eval_iteration = int(state.get("last_eval_iteration", -1))
         _set_rng_state(state["rng"])
 
     # ------------------------------------------------------------------ logging
@@ -266,7 +269,7 @@ class Trainer:
         with torch.no_grad(), self.autocast:
             metrics = self.evaluate_fn(self.model)
         self.model.train()
-        self.last_eval = dict(metrics)
+        self.last_eval, self.last_eval_iteration = dict(metrics), self.iteration
         self._record("eval", metrics)
         if self.config.monitor in metrics:  # lower is better
             self.schedule.observe_validation(metrics[self.config.monitor])
@@ -317,9 +320,12 @@ class Trainer:
                         progress.set_postfix(loss=f"{metrics.get('loss', float('nan')):.3f}", lr=f"{lr:.3g}",
                                              img_s=f"{metrics['images_per_s']:.0f}", refresh=False)  # fmt: skip
                     window_start, window_samples = time.perf_counter(), 0
-                if self.iteration % eval_every == 0 or self.iteration == config.max_iters:
+                final = self.iteration == config.max_iters
+                if final:  # the finished training is on disk before the final evaluation runs
+                    self.save_checkpoint()
+                if self.iteration % eval_every == 0 or final:
                     self.run_evaluation()
-                if self.iteration % config.checkpoint_every == 0 or self.iteration == config.max_iters:
+                if self.iteration % config.checkpoint_every == 0 or final:
                     self.save_checkpoint()
                 if self.iteration >= config.max_iters:
                     break
@@ -328,6 +334,10 @@ class Trainer:
                 self._record("data", {"skipped_images": self.source.skipped, "epoch": epoch})
         if progress is not None:
             progress.close()
+        if self.evaluate_fn is not None and self.last_eval_iteration != self.iteration:
+            # resumed after the final evaluation failed or was interrupted: run it now
+            self.run_evaluation()
+            self.save_checkpoint()
         if self.tb is not None:
             self.tb.close()
         return dict(self.last_eval)

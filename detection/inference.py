@@ -39,8 +39,10 @@ def predict(model: nn.Module, dataset: Any, *, channels: int, batch_size: int = 
     for images, targets in batches:
         outputs = model([image.to(device) for image in images])
         for output, target in zip(outputs, targets):
-            predictions.append(Prediction(target["image_id"], output["boxes"].cpu().numpy(),
-                                          output["scores"].cpu().numpy(), output["labels"].cpu().numpy()))  # fmt: skip
+            # float(): under bf16/fp16 autocast the heads return half-precision boxes and scores
+            predictions.append(Prediction(target["image_id"], output["boxes"].float().cpu().numpy(),
+                                          output["scores"].float().cpu().numpy(),
+                                          output["labels"].long().cpu().numpy()))  # fmt: skip
     return predictions
 
 

@@ -136,3 +136,16 @@ def test_compare_draws_a_row_per_run_and_a_column_per_image(detector_run, benchm
         compare_main([str(tmp_path), "--dataset", "fashion-det", "--data-root", str(benchmark), "--output",
                       str(tmp_path / "x.png")])  # fmt: skip
     assert not (tmp_path / "x.png").exists()
+
+
+def test_bf16_training_evaluates_in_fp32_and_finishes(benchmark, tmp_path):
+    """Found by a real run: under bf16 autocast the box head returned bfloat16 boxes, which the final
+    evaluation could not turn into numpy, and the run ended without its weights."""
+    run = tmp_path / "bf16"
+    train_main(["--backbone", "resnet20", "--dataset", "fashion-det", "--data-root", str(benchmark), "--max-iters", "2",
+                "--images-per-batch", "2", "--workers", "0", "--log-every", "1", "--no-progress", "--output", str(run),
+                "--min-size", "96", "--max-size", "96", "--amp", "bf16"])  # fmt: skip
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [r["iteration"] for r in evals] == [2] and {"voc_mAP", "coco_AP"} <= set(evals[0])
+    assert (run / "final.safetensors").is_file()

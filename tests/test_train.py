@@ -167,3 +167,50 @@ def test_mixed_precision_and_channels_last_steps_run_and_stay_finite(tmp_path, a
     state = read_checkpoint(run / "checkpoint.pt")
     assert (state["scaler"].get("scale", 0) > 0) == (amp == "fp16")  # a grad scaler only for fp16
     assert all(v.dtype == torch.float32 for k, v in state["model"].items() if v.is_floating_point())
+
+
+def test_a_failed_final_evaluation_loses_no_training_and_resume_runs_only_the_evaluation(tmp_path):
+    from backbones.engine import EngineConfig, Trainer
+    from backbones.schedule import LRSchedule
+
+    class Batches:
+        skipped = 0
+
+        def __len__(self):
+            return 4
+
+        def batches(self, epoch, start=0):
+            for index in range(start, 4):
+                g = torch.Generator().manual_seed(epoch * 10 + index)
+                yield torch.randn(8, 3, generator=g), torch.randn(8, 1, generator=g)
+
+    def step(model, batch):
+        x, y = batch
+        return {"loss": torch.nn.functional.mse_loss(model(x), y)}
+
+    calls = []
+
+    def failing_once(model):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("evaluation crashed")
+        return {"top1_err": 1.0}
+
+    def trainer(evaluate_fn):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 1)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        config = EngineConfig(tmp_path / "run", max_iters=6, log_every=2, eval_every=100, checkpoint_every=100,
+                              progress=False)  # fmt: skip
+        return Trainer(model, optimizer, LRSchedule(0.1, max_iters=6), Batches(), step, config, evaluate_fn=evaluate_fn)
+
+    first = trainer(failing_once)
+    with pytest.raises(RuntimeError, match="evaluation crashed"):
+        first.fit()
+    saved = read_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert saved["iteration"] == 6 and saved["last_eval_iteration"] == -1  # the finished training was saved first
+    resumed = trainer(failing_once)
+    assert resumed.fit(resume=True) == {"top1_err": 1.0} and len(calls) == 2  # only the evaluation ran again
+    assert resumed.iteration == 6 and all(torch.equal(a, b) for a, b in
+                                          zip(resumed.model.state_dict().values(), first.model.state_dict().values()))
+    assert read_checkpoint(tmp_path / "run" / "checkpoint.pt")["last_eval_iteration"] == 6

@@ -15,6 +15,8 @@ k the stem and the first k-1 stages; default 2: conv1 and conv2_x).
 
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -88,17 +90,24 @@ class BackboneInfo:
     source: str | None
 
 
+def backbone_normalisation(weights: str | Path | None, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) the backbone was trained with: its zoo record's, else ImageNet's for 3 channels,
+    else neutral statistics (e.g. a grayscale net without a record)."""
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    record = read_zoo().get(str(weights)) if weights is not None else None
+    if record is not None:
+        mean, std = tuple(record.preprocessing["mean"]), tuple(record.preprocessing["std"])
+    if len(mean) != channels:
+        mean, std = (0.5,) * channels, (0.25,) * channels
+    return mean, std
+
+
 def load_backbone(arch: str, weights: str | Path | None = None, **overrides: Any) -> tuple[ResNet, BackboneInfo]:
     """A zoo classifier (weights: zoo id, .safetensors or torchvision/timm .pth) and its normalisation."""
     model = create_model(arch, weights=weights, **overrides)
     if not isinstance(model, ResNet):
         raise TypeError(f"{arch} is not a ResNet-family model")
-    mean, std = IMAGENET_MEAN, IMAGENET_STD
-    record = read_zoo().get(str(weights)) if weights is not None else None
-    if record is not None:
-        mean, std = tuple(record.preprocessing["mean"]), tuple(record.preprocessing["std"])
-    if len(mean) != model.in_chans:  # e.g. a grayscale net without a record: neutral statistics
-        mean, std = (0.5,) * model.in_chans, (0.25,) * model.in_chans
+    mean, std = backbone_normalisation(weights, model.in_chans)
     return model, BackboneInfo(arch, model.in_chans, mean, std, str(weights) if weights is not None else None)
 
 
@@ -114,14 +123,21 @@ def build_faster_rcnn(
     anchor_sizes: Sequence[int] = (32, 64, 128, 256, 512),
     aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
     fpn_channels: int = 256,
+    in_chans: int | None = None,
+    normalisation: tuple[Sequence[float], Sequence[float]] | None = None,
     **faster_rcnn_options: Any,
 ) -> FasterRCNN:
-    """Faster R-CNN for ``num_classes`` object classes (background is added) on zoo model ``arch``."""
+    """Faster R-CNN for ``num_classes`` object classes (background is added) on zoo model ``arch``.
+
+    ``in_chans`` and ``normalisation`` (mean, std) rebuild a trained detector without its backbone
+    weights (they come with the detector's own): the channels and statistics it was trained with."""
     if design not in DESIGNS:
         raise ValueError(f"design must be one of {DESIGNS}, got {design!r}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
-    backbone, info = load_backbone(arch, backbone_weights)
+    backbone, info = load_backbone(arch, backbone_weights, **({"in_chans": in_chans} if in_chans else {}))
+    if normalisation is not None:
+        info = dataclasses.replace(info, mean=tuple(normalisation[0]), std=tuple(normalisation[1]))
     freeze_stages(backbone, freeze_at)
     freeze_batchnorm(backbone)
     specs = backbone.feature_info

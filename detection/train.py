@@ -30,7 +30,7 @@ from backbones.weights import save_weights
 from .batches import DetectionBatches, detection_step
 from .catalog import TEST_FOR_TRAIN, TRAIN_DATASETS, recipe_for, evaluation_sets, training_set
 from .inference import evaluate_test_set
-from .models import DESIGNS, build_faster_rcnn
+from .models import DESIGNS, backbone_normalisation, build_faster_rcnn
 
 log = logging.getLogger("detection.train")
 MODEL_OPTIONS = ("min_size", "max_size", "anchor_sizes", "box_batch_size_per_image", "rpn_pre_nms_top_n_train",
@@ -89,11 +89,22 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_detector(config: dict[str, Any], num_classes: int, load_backbone_weights: bool = True) -> torch.nn.Module:
-    """The detector a run's config describes (shared with detection.eval)."""
+    """The detector a run's config describes (shared with detection.eval).
+
+    Without the backbone weights (a trained run's weights hold them) the backbone still gets the input
+    channels and normalisation the run trained with: recorded in its config (``channels``,
+    ``image_mean``/``image_std``), for older runs from the backbone's zoo record."""
     options = {k: tuple(v) if isinstance(v, list) else v for k, v in config["model"].items() if k in MODEL_OPTIONS}
+    if load_backbone_weights:
+        return build_faster_rcnn(config["backbone"], num_classes, design=config["design"],
+                                 freeze_at=config["freeze_at"], backbone_weights=config["backbone_weights"], **options)  # fmt: skip
+    channels = config.get("channels")
+    if "image_mean" in config:
+        normalisation = (config["image_mean"], config["image_std"])
+    else:
+        normalisation = backbone_normalisation(config.get("backbone_weights"), channels or 3)
     return build_faster_rcnn(config["backbone"], num_classes, design=config["design"], freeze_at=config["freeze_at"],
-                             backbone_weights=config["backbone_weights"] if load_backbone_weights else None,
-                             **options)  # fmt: skip
+                             in_chans=channels, normalisation=normalisation, **options)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     ctx = init_distributed(args.device)
     torch.manual_seed(args.seed)
     channels = model.backbone_info.in_chans
-    config.update(class_names=class_names, channels=channels, world_size=ctx.world_size)
+    info = model.backbone_info
+    config.update(class_names=class_names, channels=channels, image_mean=list(info.mean), image_std=list(info.std),
+                  world_size=ctx.world_size)  # fmt: skip
     source = DetectionBatches(train_set, config["images_per_batch"], train=True, channels=channels, seed=args.seed,
                               rank=ctx.rank, world_size=ctx.world_size, num_workers=args.workers)  # fmt: skip
     def evaluate_fn(m: torch.nn.Module) -> dict[str, float]:

@@ -149,3 +149,29 @@ def test_bf16_training_evaluates_in_fp32_and_finishes(benchmark, tmp_path):
     evals = [r for r in records if r["kind"] == "eval"]
     assert [r["iteration"] for r in evals] == [2] and {"voc_mAP", "coco_AP"} <= set(evals[0])
     assert (run / "final.safetensors").is_file()
+
+
+def test_a_grayscale_zoo_backbone_run_reloads_with_its_channels_and_statistics(benchmark, tmp_path, capsys):
+    """Found by a real run: detection.eval rebuilt a detector trained on a 1-channel zoo backbone with
+    3 channels (state dict mismatch) and would have normalised with other statistics."""
+    from detection.eval import load_detector
+
+    run = tmp_path / "gray"
+    train_main(["--backbone", "resnet20", "--backbone-weights", "resnet20_fashion_mnist_6ep", "--dataset", "fashion-det",
+                "--data-root", str(benchmark), "--max-iters", "1", "--images-per-batch", "2", "--workers", "0",
+                "--no-progress", "--output", str(run), "--min-size", "96", "--max-size", "96"])  # fmt: skip
+    config = json.loads((run / "config.json").read_text())
+    assert config["channels"] == 1 and config["image_mean"] == [0.2863] and config["image_std"] == [0.354]
+    model, _ = load_detector("resnet20", run)
+    assert model.backbone_info.in_chans == 1 and model.transform.image_mean == [0.2863]
+    # a run written before the statistics were recorded: they come from the backbone's zoo record
+    del config["image_mean"], config["image_std"]
+    (run / "config.json").write_text(json.dumps(config))
+    model, _ = load_detector("resnet20", run)
+    assert model.transform.image_mean == [0.2863] and model.transform.image_std == [0.354]
+    final = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"eval"' in line][-1]
+    capsys.readouterr()
+    eval_main(["--backbone", "resnet20", "--weights", str(run), "--dataset", "fashion-det", "--data-root", str(benchmark),
+               "--json", str(tmp_path / "e.json")])  # fmt: skip
+    scored = json.loads((tmp_path / "e.json").read_text())
+    assert scored["voc"]["mAP"] == pytest.approx(final["voc_mAP"], abs=1e-6)  # the same model, the same numbers

@@ -39,17 +39,20 @@ def run_title(run: Path, config: dict[str, Any]) -> str:
 
 def draw(image: torch.Tensor, target: dict[str, Any], found: dict[str, torch.Tensor], names: list[str],
          threshold: float, scale: int) -> torch.Tensor:  # fmt: skip
-    """uint8 (3, H*scale, W*scale): ground truth green, detections >= threshold red."""
+    """uint8 (3, H*scale, W*scale): ground truth green, detections >= threshold red (labels on a
+    filled background in matplotlib's DejaVu Sans, readable at any scale)."""
+    from matplotlib import font_manager
     from torchvision.utils import draw_bounding_boxes
 
+    text = dict(font=font_manager.findfont("DejaVu Sans"), font_size=6 * scale, fill_labels=True, label_colors="black")
     canvas = image.repeat_interleave(scale, 1).repeat_interleave(scale, 2)  # nearest-neighbour: keeps pixels visible
     if len(target["boxes"]):  # images without objects are valid
         canvas = draw_bounding_boxes(canvas, target["boxes"] * scale, [names[int(l) - 1] for l in target["labels"]],
-                                     colors="lime", width=2)  # fmt: skip
+                                     colors="lime", width=2, **text)  # fmt: skip
     keep = found["scores"] >= threshold
     labels = [f"{names[int(l) - 1]} {float(s):.2f}" for l, s in zip(found["labels"][keep], found["scores"][keep])]
     if labels:
-        canvas = draw_bounding_boxes(canvas, found["boxes"][keep] * scale, labels, colors="red", width=2)
+        canvas = draw_bounding_boxes(canvas, found["boxes"][keep] * scale, labels, colors="red", width=2, **text)
     return canvas
 
 
@@ -67,20 +70,20 @@ def compare(runs: list[Path], dataset: str, root: Path, output: Path, images: in
     count = min(images, len(test_set))
     samples = [test_set[index] for index in range(count)]
     names = list(test_set.class_names)
-    figure = Figure(figsize=(2.4 * count, 2.7 * len(runs)), layout="constrained")
-    axes = figure.subplots(len(runs), count, squeeze=False)
-    for row, run in enumerate(runs):
+    figure = Figure(figsize=(2.2 * count, 2.5 * len(runs)), layout="constrained")
+    rows = figure.subfigures(len(runs), 1, squeeze=False)[:, 0]  # a row title must not widen one column
+    for row, run in zip(rows, runs):
         config, _ = load_run(run)
         model, config = load_detector(config["backbone"], run)
-        for column, (image, target) in enumerate(samples):
+        axes = row.subplots(1, count, squeeze=False)[0]
+        for ax, (image, target) in zip(axes, samples):
             found = model([to_model_input(image, config["channels"])])[0]
-            ax = axes[row][column]
             ax.imshow(draw(image, target, found, names, threshold, scale).permute(1, 2, 0).numpy())
             ax.set_axis_off()
-        axes[row][0].set_title(run_title(run, config), loc="left", fontsize=9)
-    figure.suptitle(f"{dataset} test images: ground truth green, detections >= {threshold:g} red", fontsize=10)
+        row.suptitle(run_title(run, config), x=0.01, ha="left", fontsize=10)
+    figure.suptitle(f"{dataset} test images: ground truth green, detections >= {threshold:g} red", fontsize=11)
     with atomic_path(output) as tmp:
-        figure.savefig(tmp, format="png", dpi=90)
+        figure.savefig(tmp, format="png", dpi=80)
     return output
 
 

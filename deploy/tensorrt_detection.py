@@ -3,8 +3,9 @@ box decoding, NMS) built with one optimisation profile over the image's height a
 with TensorRT's output allocator, since the number of detections is known only after execution.
 
 What TensorRT 10 does with the graph (from its documentation, not run here: TensorRT cannot be
-installed on this project's machines): ``NonMaxSuppression``, ``NonZero``, ``TopK`` and
-``RoiAlign`` are supported by its ONNX parser; outputs whose size depends on the data
+installed on this project's machines): ``NonMaxSuppression``, ``NonZero``, ``RoiAlign`` and
+``TopK`` with a constant K (the graph is traced so: :mod:`deploy.static_topk`) are supported by its
+ONNX parser; outputs whose size depends on the data
 (``boxes``, ``labels``, ``scores``: N detections) have no shape before execution, so each gets an
 ``IOutputAllocator`` that TensorRT calls with the byte size it needs and the final shape.
 """

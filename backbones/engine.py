@@ -321,7 +321,7 @@ class Trainer:
                                              img_s=f"{metrics['images_per_s']:.0f}", refresh=False)  # fmt: skip
                     window_start, window_samples = time.perf_counter(), 0
                 final = self.iteration == config.max_iters
-                if final:  # the finished training is on disk before the final evaluation runs
+                if final and self.evaluate_fn is not None:  # the finished training is on disk before the final evaluation
                     self.save_checkpoint()
                 if self.iteration % eval_every == 0 or final:
                     self.run_evaluation()

@@ -111,12 +111,14 @@ def _onnx_providers(device: str, providers: list[str] | None) -> list[str]:
 
 
 def load_detection_run(path: Path, device: str) -> Target:
-    """The eager baseline for detectors: a ``detection.train`` run directory."""
-    if not (path / "config.json").is_file() or "design" not in json.loads((path / "config.json").read_text()):
-        raise BenchError(f"{path}: not a detection.train run directory (config.json with a 'design'); a classifier's "
-                         "eager baseline is --eager ARCH[:WEIGHTS]")  # fmt: skip
-    predictor = load(path, device=device)
-    assert isinstance(predictor, DetectionPredictor)
+    """The eager baseline for detectors: a ``detection.train`` run directory (deploy.load tells the kinds apart)."""
+    try:
+        predictor = load(path, device=device)
+    except FileNotFoundError as error:
+        raise BenchError(f"{path}: not a detection.train run directory ({error})") from None
+    if not isinstance(predictor, DetectionPredictor):
+        raise BenchError(f"{path}: a backbones.train run, not a detection.train run directory; a classifier's eager "
+                         f"baseline is --eager ARCH:{path}")  # fmt: skip
     return Target("eager-fp32", str(path), predictor, "fp32", predictor.sidecar["model"]["arch"], True)
 
 

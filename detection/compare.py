@@ -30,7 +30,8 @@ def run_title(run: Path, config: dict[str, Any]) -> str:
     if config.get("backbone_weights"):
         title += f" (backbone {config['backbone_weights']})"
     metrics = run / "metrics.jsonl"
-    evals = [json.loads(line) for line in metrics.read_text().splitlines() if '"eval"' in line] if metrics.is_file() else []
+    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.is_file() else []
+    evals = [r for r in records if r.get("kind") == "eval"]
     if evals and "voc_mAP" in evals[-1]:
         last = evals[-1]
         title += f": VOC07 mAP {last['voc_mAP']:.1f}, COCO AP50 {last['coco_AP50']:.1f}, AP {last['coco_AP']:.1f}"

@@ -94,17 +94,17 @@ def build_detector(config: dict[str, Any], num_classes: int, load_backbone_weigh
     Without the backbone weights (a trained run's weights hold them) the backbone still gets the input
     channels and normalisation the run trained with: recorded in its config (``channels``,
     ``image_mean``/``image_std``), for older runs from the backbone's zoo record."""
-    options = {k: tuple(v) if isinstance(v, list) else v for k, v in config["model"].items() if k in MODEL_OPTIONS}
+    options: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in config["model"].items()
+                               if k in MODEL_OPTIONS}  # fmt: skip
     if load_backbone_weights:
-        return build_faster_rcnn(config["backbone"], num_classes, design=config["design"],
-                                 freeze_at=config["freeze_at"], backbone_weights=config["backbone_weights"], **options)  # fmt: skip
-    channels = config.get("channels")
-    if "image_mean" in config:
-        normalisation = (config["image_mean"], config["image_std"])
+        options["backbone_weights"] = config["backbone_weights"]
     else:
-        normalisation = backbone_normalisation(config.get("backbone_weights"), channels or 3)
+        channels = config.get("channels")
+        options["in_chans"] = channels
+        options["normalisation"] = ((config["image_mean"], config["image_std"]) if "image_mean" in config
+                                    else backbone_normalisation(config.get("backbone_weights"), channels or 3))  # fmt: skip
     return build_faster_rcnn(config["backbone"], num_classes, design=config["design"], freeze_at=config["freeze_at"],
-                             in_chans=channels, normalisation=normalisation, **options)  # fmt: skip
+                             **options)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import json
 import os
 import re
@@ -151,14 +150,21 @@ def _profile_batch_range(artifact: Path, sidecar: dict[str, Any]) -> tuple[int, 
     return profile[name]["min"][0], profile[name]["max"][0]
 
 
-def _check_request(artifact: Path, sidecar: dict[str, Any], options: TritonOptions) -> list[int]:
+def _max_batch(sidecar: dict[str, Any], options: TritonOptions) -> int:
+    """``--max-batch`` as given, else the artifact's default: a detector graph takes one image of any size."""
+    if options.max_batch is not None:
+        return options.max_batch
+    return 0 if sidecar["task"] == "detection" else DEFAULT_MAX_BATCH
+
+
+def _check_request(artifact: Path, sidecar: dict[str, Any], options: TritonOptions, max_batch: int) -> list[int]:
     """Refuse what Triton would refuse; return the preferred batch sizes to write."""
     backend = sidecar["backend"]
     if backend not in PLATFORMS:
         raise TritonError(f"{artifact}: a {backend} artifact; Triton would need its PyTorch backend to run it, which "
                           "this tool does not target. Export with --format onnx or --format tensorrt for Triton")  # fmt: skip
-    if options.max_batch < 0:
-        raise TritonError(f"--max-batch must be 0 (no batching) or positive, got {options.max_batch}")
+    if max_batch < 0:
+        raise TritonError(f"--max-batch must be 0 (no batching) or positive, got {max_batch}")
     if options.instances < 1:
         raise TritonError(f"--instances must be at least 1, got {options.instances}")
     if options.max_queue_delay_us < 0:
@@ -168,38 +174,39 @@ def _check_request(artifact: Path, sidecar: dict[str, Any], options: TritonOptio
     if backend == "tensorrt" and options.kind == "cpu":
         raise TritonError(f"{artifact}: a TensorRT engine runs on the GPU only; use --kind gpu or auto")
     for tensor in sidecar["inputs"] + sidecar["outputs"]:
-        if options.max_batch > 0 and isinstance(tensor["shape"][0], int):
-            raise TritonError(f"{artifact}: --max-batch {options.max_batch} needs a dynamic batch axis, but tensor "
+        if max_batch > 0 and isinstance(tensor["shape"][0], int):
+            raise TritonError(f"{artifact}: --max-batch {max_batch} needs a dynamic batch axis, but tensor "
                               f"{tensor['name']!r} has the fixed shape {tensor['shape']} (sidecar {sidecar_path(artifact)}); "
                               "export it again (exports have a dynamic batch axis) or pass --max-batch 0")  # fmt: skip
     if backend == "tensorrt":
         low, high = _profile_batch_range(artifact, sidecar)
-        if options.max_batch > high:
-            raise TritonError(f"{artifact}: --max-batch {options.max_batch} exceeds the engine's profile maximum "
+        if max_batch > high:
+            raise TritonError(f"{artifact}: --max-batch {max_batch} exceeds the engine's profile maximum "
                               f"batch {high}; pass --max-batch {high} or build the engine with "
-                              f"--max-batch {options.max_batch}")  # fmt: skip
-        if options.max_batch > 0 and low > 1:
+                              f"--max-batch {max_batch}")  # fmt: skip
+        if max_batch > 0 and low > 1:
             raise TritonError(f"{artifact}: the engine's profile starts at batch {low}; Triton sends batches from 1")
-    return _preferred_batches(options)
+    return _preferred_batches(options.preferred_batch, max_batch)
 
 
-def _preferred_batches(options: TritonOptions) -> list[int]:
-    if options.max_batch == 0:
-        if options.preferred_batch:
+def _preferred_batches(requested: list[int] | None, max_batch: int) -> list[int]:
+    if max_batch == 0:
+        if requested:
             raise TritonError("--preferred-batch needs batching; it cannot be combined with --max-batch 0")
         return []
-    if options.preferred_batch is None:
-        return [b for b in DEFAULT_PREFERRED if b <= options.max_batch] or [options.max_batch]
-    sizes = sorted(set(options.preferred_batch))
-    bad = [b for b in sizes if b < 1 or b > options.max_batch]
+    if requested is None:
+        return [b for b in DEFAULT_PREFERRED if b <= max_batch] or [max_batch]
+    sizes = sorted(set(requested))
+    bad = [b for b in sizes if b < 1 or b > max_batch]
     if bad:
-        raise TritonError(f"--preferred-batch sizes must lie in 1..{options.max_batch} (the max batch), got {bad}")
+        raise TritonError(f"--preferred-batch sizes must lie in 1..{max_batch} (the max batch), got {bad}")
     return sizes
 
 
-def model_config(sidecar: dict[str, Any], name: str, options: TritonOptions, preferred: list[int]) -> dict[str, Any]:
+def model_config(sidecar: dict[str, Any], name: str, options: TritonOptions, max_batch: int,
+                 preferred: list[int]) -> dict[str, Any]:  # fmt: skip
     """The Triton ``ModelConfig`` (as a dict for :func:`render_pbtxt`) of an ONNX or TensorRT artifact."""
-    batched = options.max_batch > 0
+    batched = max_batch > 0
     platform, _ = PLATFORMS[sidecar["backend"]]
     first_input = sidecar["inputs"][0]
     # FORMAT_NCHW describes exactly three non-batch dims, so only a batched image input carries it
@@ -209,7 +216,7 @@ def model_config(sidecar: dict[str, Any], name: str, options: TritonOptions, pre
     config: dict[str, Any] = {
         "name": name,
         "platform": platform,
-        "max_batch_size": options.max_batch,
+        "max_batch_size": max_batch,
         "input": [_tensor(t, batched, image_format=image and t is first_input) for t in sidecar["inputs"]],
         "output": [_tensor(t, batched, labels=t["name"] == label_output) for t in sidecar["outputs"]],
         "instance_group": [{"count": options.instances, "kind": Enum(KINDS[kind])}],
@@ -279,9 +286,8 @@ def write_model(artifact: str | Path, repository: str | Path, options: TritonOpt
     if not artifact.is_file():
         raise FileNotFoundError(f"artifact not found: {artifact}")
     sidecar = read_sidecar(artifact)  # also checks the artifact's sha256: never serve a damaged file
-    if options.max_batch is None:  # a detector graph takes one image per request, of any size
-        options = dataclasses.replace(options, max_batch=0 if sidecar["task"] == "detection" else DEFAULT_MAX_BATCH)
-    preferred = _check_request(artifact, sidecar, options)
+    max_batch = _max_batch(sidecar, options)
+    preferred = _check_request(artifact, sidecar, options, max_batch)
     name = options.name or _default_name(artifact)
     if not _MODEL_NAME.fullmatch(name):
         raise TritonError(f"model name {name!r}: use letters, digits, '_', '.' and '-' (it becomes a folder name)")
@@ -291,7 +297,7 @@ def write_model(artifact: str | Path, repository: str | Path, options: TritonOpt
     if target.exists() and (not target.is_dir() or any(target.iterdir())) and not options.force:
         raise TritonError(f"{target} already exists and is not empty; pass --force to replace it")
     _, model_file = PLATFORMS[sidecar["backend"]]
-    config_text = render_pbtxt(model_config(sidecar, name, options, preferred)) + "\n"
+    config_text = render_pbtxt(model_config(sidecar, name, options, max_batch, preferred)) + "\n"
     labels_text = _labels_text(sidecar["class_names"], artifact) if sidecar.get("class_names") else ""
     repo_sidecar = _repository_sidecar(sidecar, artifact, name, model_file)
     repository.mkdir(parents=True, exist_ok=True)
@@ -319,9 +325,9 @@ def _notes(sidecar: dict[str, Any]) -> list[str]:
     if sidecar["backend"] != "tensorrt":
         return []
     record = sidecar["tensorrt"]
-    return [f"the engine was built by TensorRT {record['version']} for {record['gpu']} (compute capability "
-            f"{record['compute_capability']}): serve it with a Triton release that ships TensorRT {record['version']}, "
-            "on the same GPU model"]  # fmt: skip
+    return [(f"the engine was built by TensorRT {record['version']} for {record['gpu']} (compute capability "
+             f"{record['compute_capability']}): serve it with a Triton release that ships TensorRT "
+             f"{record['version']}, on the same GPU model")]  # fmt: skip
 
 
 # ---------------------------------------------------------------- CLI

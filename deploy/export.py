@@ -34,6 +34,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import shlex
 import shutil
@@ -231,8 +232,8 @@ def check_parity(reference: torch.nn.Module, run: Callable[[torch.Tensor], torch
                               f"PyTorch gives {tuple(expected.shape)}")  # fmt: skip
         rel = float((got - expected).norm() / expected.norm().clamp_min(1e-30))
         abs_err = float((got - expected).abs().max())
-        if not (rel == rel):  # NaN
-            rel = float("inf")
+        if math.isnan(rel) or math.isnan(abs_err):  # max() would drop a NaN silently
+            rel, abs_err = float("inf"), float("inf")
         agree += int((got.argmax(1) == expected.argmax(1)).sum())
         count += len(batch)
         rows.append({"shape": list(batch.shape), "rel_error": rel, "max_abs_error": abs_err})

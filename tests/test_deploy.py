@@ -19,7 +19,7 @@ from backbones import create_model
 from backbones.augment import Preprocess
 from backbones.fileio import sha256_of
 from backbones.weights import save_weights
-from deploy.export import ExportError, export_model
+from deploy.export import ExportError, check_parity, export_model
 from deploy.export import main as export_main
 from deploy.preprocess import ImageInputError
 from deploy.samples import natural_images
@@ -481,3 +481,18 @@ def test_aoti_round_trip(fmnist_zoo, tmp_path, monkeypatch):
     for batch in (images[:1], images):
         assert _rel(predictor.logits(batch), expected[: len(batch)]) < 1e-4
     assert predictor.predict(images[0])[0][0][0] in FASHION
+
+
+def test_parity_check_refuses_an_artifact_that_returns_nan():
+    torch.manual_seed(0)
+    reference = torch.nn.Linear(8, 3).eval()
+    batches = [torch.randn(4, 8), torch.randn(1, 8)]
+
+    def one_nan(x):
+        y = reference(x).detach().clone()
+        y[0, 0] = float("nan")
+        return y
+
+    assert check_parity(reference, lambda x: reference(x).detach(), batches, 1e-5, "same")["rel_error"] == 0.0
+    with pytest.raises(ExportError, match=r"nan: the artifact does not match PyTorch: relative error inf .*max abs error inf"):
+        check_parity(reference, one_nan, batches, 1e-5, "nan")

@@ -145,8 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", choices=DATASETS, required=True)
     parser.add_argument("--data", type=Path, help="dataset directory (ImageNet root, cifar-10-batches-py, Fashion-MNIST IDX)")
     parser.add_argument("--protocol", choices=PROTOCOLS, default="center", help="test protocol (ImageNet)")
-    parser.add_argument("--batch-size", type=int, default=500)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-size", type=int, default=500, help="images per forward pass (default: 500)")
+    parser.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:N (default: auto)")
     parser.add_argument("--json", type=Path, help="also write the result as JSON")
     return parser
 

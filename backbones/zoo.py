@@ -68,9 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="the zoo's weights and their measured metrics")
     add = commands.add_parser("add", help="evaluate a finished run and add its weights to the zoo")
-    add.add_argument("run_dir", type=Path)
-    add.add_argument("--id", required=True, help="zoo id, e.g. resnet20_fashion_mnist")
-    add.add_argument("--device", default="auto")
+    add.add_argument("run_dir", type=Path, help="a finished backbones.train output directory (config.json and "
+                     "final.safetensors)")
+    add.add_argument("--id", required=True, help="zoo id, e.g. resnet20_fashion_mnist; becomes weights/ID.safetensors")
+    add.add_argument("--device", default="auto", help="where the test-set evaluation runs: auto (cuda if present), "
+                     "cpu, cuda, cuda:N (default: auto)")
     args = parser.parse_args(argv)
     if args.command == "list":
         for record in read_zoo().values():

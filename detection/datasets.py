@@ -370,7 +370,34 @@ def _records_ground_truth(records: Sequence[VOCRecord], class_names: Sequence[st
     return out
 
 
-class VOCDetection(Dataset):
+class _AnnotatedImages(Dataset):
+    """What VOC and COCO share: ``records`` with ``image_path``/``width``/``height``, a ``target(index)``,
+    and ``transforms`` applied last in ``__getitem__``."""
+
+    records: Sequence[VOCRecord] | Sequence[COCORecord]
+    transforms: Transforms | None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def target(self, index: int) -> Target:
+        raise NotImplementedError
+
+    def _annotation_file(self, index: int) -> Path:
+        """The file that states the image's size, named when the decoded image disagrees with it."""
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, Target]:
+        record = self.records[index]
+        image = read_image(record.image_path)
+        _check_image_size(image, record.width, record.height, record.image_path, self._annotation_file(index))
+        target = self.target(index)
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
+
+
+class VOCDetection(_AnnotatedImages):
     """One image set of one VOC year: ``<devkit_root>/VOC<year>/{Annotations, ImageSets/Main, JPEGImages}``.
 
     ``devkit_root`` is the ``VOCdevkit`` folder (or its parent). ``keep_difficult=False`` drops
@@ -450,9 +477,6 @@ class VOCDetection(Dataset):
             difficult=np.array(difficult, dtype=bool),
         )
 
-    def __len__(self) -> int:
-        return len(self.records)
-
     def target(self, index: int) -> Target:
         """The training target of one image, without decoding the image."""
         record = self.records[index]
@@ -460,14 +484,8 @@ class VOCDetection(Dataset):
         return _make_target(record.boxes[keep], record.labels[keep], record.difficult[keep], record.image_id,
                             record.height, record.width)  # fmt: skip
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, Target]:
-        record = self.records[index]
-        image = read_image(record.image_path)
-        _check_image_size(image, record.width, record.height, record.image_path, record.xml_path)
-        target = self.target(index)
-        if self.transforms is not None:
-            image, target = self.transforms(image, target)
-        return image, target
+    def _annotation_file(self, index: int) -> Path:
+        return self.records[index].xml_path
 
     def ground_truth(self, index: int) -> dict[str, np.ndarray]:
         """One image's evaluation ground truth: XML ``boxes`` (1-based inclusive), ``labels`` (1..C),
@@ -677,7 +695,7 @@ def _make_coco(dataset: dict[str, Any]) -> COCO:
     return coco
 
 
-class COCODetection(Dataset):
+class COCODetection(_AnnotatedImages):
     """A COCO 2017-layout split: ``root/annotations/instances_<split>.json`` and ``root/<split>/*.jpg``.
 
     Labels are ``1..C`` in increasing category-id order (``label_to_category_id`` /
@@ -790,23 +808,14 @@ class COCODetection(Dataset):
         )
         return record, kept
 
-    def __len__(self) -> int:
-        return len(self.records)
-
     def target(self, index: int) -> Target:
         """The training target of one image, without decoding the image."""
         record = self.records[index]
         return _make_target(record.boxes, record.labels, np.zeros(len(record.labels), dtype=bool),
                             record.image_id, record.height, record.width)  # fmt: skip
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, Target]:
-        record = self.records[index]
-        image = read_image(record.image_path)
-        _check_image_size(image, record.width, record.height, record.image_path, self.annotation_file)
-        target = self.target(index)
-        if self.transforms is not None:
-            image, target = self.transforms(image, target)
-        return image, target
+    def _annotation_file(self, index: int) -> Path:
+        return self.annotation_file
 
     def evaluation_ground_truth(self) -> COCO:
         """The pycocotools ground truth (crowd annotations included) for ``detection.coco_eval``."""

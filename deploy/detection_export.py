@@ -55,7 +55,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from backbones.fileio import sha256_of
 
 from .backends import ArtifactLoadError, DetectorBackend, Detections, OnnxDetectionBackend
-from .export import ExportError, ExportOptions, ExportResult, check_onnx_file, publish
+from .export import ExportError, ExportOptions, ExportResult, check_onnx_file, exporter_failures, publish
 from .models import PreparedDetector, prepare_detector
 from .samples import natural_images
 from .sidecar import FORMAT, VERSION, sidecar_path, tool_versions, validate
@@ -393,13 +393,8 @@ def export_detector(arch: str, weights: str | Path | None, output: str | Path, o
     with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as work_dir:
         work = Path(work_dir)
         staged = work / output.name
-        try:
+        with exporter_failures(label, options.format):
             record = _build(prepared.model, prepared, example, staged, options)
-        except ExportError:
-            raise
-        except Exception as error:  # the exporter's own failure: say which step, keep the cause chained
-            first = (str(error).strip().splitlines() or [""])[0]
-            raise ExportError(f"{label}: the {options.format} export itself failed ({type(error).__name__}: {first})") from error
         seconds["export"] = time.perf_counter() - start
         data = detection_sidecar(prepared, staged, output.name, options, record)
         validate(data, sidecar_path(output))

@@ -42,10 +42,11 @@ import sys
 import tempfile
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -200,6 +201,19 @@ BUILDERS: dict[str, Callable[[PreparedModel, Path, ExportOptions, torch.Tensor, 
     "onnx": _export_onnx, "tensorrt": _export_tensorrt, "aoti": _export_aoti, "eager": _export_eager}  # fmt: skip
 
 
+@contextmanager
+def exporter_failures(label: str, fmt: str, *passthrough: type[BaseException]) -> Iterator[None]:
+    """Turn the exporter's own failure into an ExportError that says which step failed (cause chained);
+    ExportError and the ``passthrough`` types already say what is wrong and pass unchanged."""
+    try:
+        yield
+    except (ExportError, *passthrough):
+        raise
+    except Exception as error:
+        first = (str(error).strip().splitlines() or [""])[0]
+        raise ExportError(f"{label}: the {fmt} export itself failed ({type(error).__name__}: {first})") from error
+
+
 # ---------------------------------------------------------------- the check
 def parity_inputs(preprocessing: dict[str, Any], dynamic_hw: bool, max_batch: int | None) -> list[torch.Tensor]:
     """Natural-looking batches through the artifact's own preprocessing: batch 4 and batch 1 (the
@@ -335,13 +349,8 @@ def export_model(arch: str, weights: str | Path | None, output: str | Path, opti
     with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as work_dir:
         work = Path(work_dir)
         staged = work / output.name
-        try:
+        with exporter_failures(label, options.format, TensorRTUnavailable, FileNotFoundError):
             info = BUILDERS[options.format](prepared, staged, options, example, work)
-        except (ExportError, TensorRTUnavailable, FileNotFoundError):
-            raise
-        except Exception as error:  # the exporter's own failure: say which step, keep the cause chained
-            first = (str(error).strip().splitlines() or [""])[0]
-            raise ExportError(f"{label}: the {options.format} export itself failed ({type(error).__name__}: {first})") from error
         seconds["export"] = time.perf_counter() - start
         data = build_sidecar(prepared, staged, output.name, options, info)
         validate(data, sidecar_path(output))

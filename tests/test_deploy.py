@@ -164,6 +164,20 @@ def test_export_fails_cleanly_on_mismatch(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_exporter_failure_names_the_step_and_keeps_the_cause(tmp_path, monkeypatch):
+    import deploy.export as export_module
+
+    def broken_build(model, example, path, opset=17, dynamic_hw=False):
+        raise RuntimeError("Unsupported: aten::frobnicate\n(long exporter trace)")
+
+    monkeypatch.setattr(export_module, "build_onnx", broken_build)
+    with pytest.raises(ExportError, match=r"^onnx fp32 resnet20: the onnx export itself failed "
+                                          r"\(RuntimeError: Unsupported: aten::frobnicate\)$") as caught:  # fmt: skip
+        export_model("resnet20", None, tmp_path / "r20.onnx")
+    assert isinstance(caught.value.__cause__, RuntimeError)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_export_rejects_bad_requests(tmp_path):
     with pytest.raises(ValueError, match="must end in .onnx"):
         export_model("resnet20", None, tmp_path / "x.pt2", format="onnx")

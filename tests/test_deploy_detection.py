@@ -219,6 +219,20 @@ def test_export_mismatch_fails_and_leaves_nothing(runs, tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no artifact, no sidecar, no temporary folder
 
 
+def test_detector_exporter_failure_names_the_step(runs, tmp_path, monkeypatch):
+    from deploy import detection_export
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("torch.onnx: cannot export roi_align\nsecond line")
+
+    monkeypatch.setattr(detection_export, "_build", broken)
+    with pytest.raises(ExportError, match=r"the onnx export itself failed \(RuntimeError: torch.onnx: cannot export "
+                                          r"roi_align\)$") as caught:  # fmt: skip
+        export_model("resnet20", runs["c4"], tmp_path / "det.onnx", detector="c4")
+    assert isinstance(caught.value.__cause__, RuntimeError)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_low_score_threshold_check_when_nothing_is_detected(runs, tmp_path, capsys):
     result = export_model("resnet20", runs["c4"], tmp_path / "strict.onnx", detector="c4", score_thresh=0.95,
                           detections_per_image=20)  # fmt: skip

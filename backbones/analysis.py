@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 from .fileio import atomic_path
@@ -35,7 +36,7 @@ def error_series(records: list[dict], kind: str, key: str) -> tuple[list[int], l
     return [p[0] for p in points], [p[1] * scale for p in points]
 
 
-def _draw(axis, runs: dict[str, str | Path], colors: list[str]) -> None:
+def _draw(axis, runs: Mapping[str, str | Path], colors: list[str]) -> None:
     for index, (label, run) in enumerate(runs.items()):
         records = read_metrics(run)
         color = colors[index % len(colors)]
@@ -50,7 +51,7 @@ def _draw(axis, runs: dict[str, str | Path], colors: list[str]) -> None:
     axis.legend(fontsize=8)
 
 
-def plot_panels(panels: dict[str, dict[str, str | Path]], output: str | Path,
+def plot_panels(panels: Mapping[str, Mapping[str, str | Path]], output: str | Path,
                 ylim: tuple[float, float] | None = None) -> Path:  # fmt: skip
     """Side-by-side charts (e.g. plain nets | ResNets, as Fig. 6); each run: train dashed, test bold."""
     import matplotlib

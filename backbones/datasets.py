@@ -91,7 +91,7 @@ def _find(root: Path, stem: str) -> Path:
 
 def load_fashion_mnist(root: str | Path | None = None, split: str = "train") -> ArrayDataset:
     """The official 60k/10k split from ``train-*`` / ``t10k-*`` IDX files."""
-    root = Path(root or os.environ.get("FASHION_MNIST_DIR", FASHION_MNIST_DIR))
+    root = Path(root) if root else Path(os.environ.get("FASHION_MNIST_DIR", FASHION_MNIST_DIR))
     prefix = {"train": "train", "test": "t10k"}.get(split)
     if prefix is None:
         raise ValueError(f"Fashion-MNIST split must be 'train' or 'test', got {split!r}")

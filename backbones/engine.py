@@ -17,7 +17,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol, cast
 
 import numpy as np
 import torch
@@ -73,7 +73,8 @@ class CheckpointError(ValueError):
 
 
 def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
+    np_state = np.random.get_state(legacy=True)  # numpy's stub types the default (legacy=True) call as the dict form
+    assert isinstance(np_state, tuple)  # the legacy form of the global MT19937 RandomState is always a tuple
     state = {
         "torch": torch.get_rng_state(),
         "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *(float(v) for v in np_state[2:])),
@@ -158,7 +159,7 @@ class Trainer:
             device_ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
             wrapped = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
         if self.config.compile:
-            wrapped = torch.compile(wrapped)
+            wrapped = cast(nn.Module, torch.compile(wrapped))  # an OptimizedModule; typed as a plain Callable
         return wrapped
 
     # ------------------------------------------------------------------ checkpoints

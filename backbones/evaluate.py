@@ -30,6 +30,7 @@ from .datasets import ArrayDataset, load_cifar10, load_fashion_mnist, make_synth
 from .distributed import pick_device
 from .fileio import atomic_write_text
 from .registry import create_model
+from .resnet import ResNet
 from .weights import read_zoo
 
 DATASETS = ("imagenet", "cifar10", "fashion-mnist", "synthetic")
@@ -38,7 +39,7 @@ PROTOCOLS = ("center", "10crop", "multiscale")
 
 @dataclass
 class LoadedModel:
-    model: nn.Module
+    model: ResNet
     source: str
     class_names: list[str] | None
     preprocessing: dict[str, Any] | None
@@ -105,7 +106,7 @@ def evaluate(arch: str, weights: list[str], dataset: str, data: Path | None = No
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     target = pick_device(device)
     loaded = [load_model(arch, w) for w in weights]
-    models = [item.model.to(target).eval() for item in loaded]
+    models: list[nn.Module] = [item.model.to(target).eval() for item in loaded]
     if dataset == "imagenet":
         if data is None:
             raise ValueError("ImageNet evaluation needs --data DIR with val/<class>/*.JPEG")

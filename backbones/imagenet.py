@@ -427,8 +427,8 @@ def decode_batch(datas: list[torch.Tensor], paths: list[Path], device: torch.dev
                 images[i] = _decode_jpegs([datas[i]], device)[0]
             except RuntimeError:
                 pass
-    for i, image in enumerate(images):
-        if image is None:
+    for i, decoded in enumerate(images):
+        if decoded is None:
             try:
                 images[i] = F.pil_to_tensor(decode_image(datas[i].numpy().tobytes())).to(device)
             except Exception as error:  # as in ImageFolderDataset.__getitem__

@@ -10,8 +10,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
-from torch import nn
-
 from .resnet import ResNet, cifar_resnet, imagenet_resnet
 from .weights import load_weights, resolve_weights
 
@@ -66,7 +64,7 @@ def create_model(
     num_classes: int | None = None,
     weights: str | Path | None = None,
     **overrides: Any,
-) -> nn.Module:
+) -> ResNet:
     """Build a zoo model by name.
 
     ``weights`` is a zoo id from ``weights/zoo.json`` (its record supplies the constructor options

@@ -160,12 +160,15 @@ def build_data(config: dict[str, Any], ctx: DistContext, data_on_device: str, wo
 
         if config["data"] is None:
             raise SystemExit("ImageNet needs --data DIR with train/<class>/*.JPEG and val/<class>/*.JPEG")
-        train_set = ImageFolderDataset(config["data"], "train")
-        val_set = ImageFolderDataset(config["data"], "val", class_names=train_set.class_names)
-        common = dict(rank=ctx.rank, world_size=ctx.world_size, num_workers=workers, gpu_decode=gpu_decode)
-        return Data(ImageFolderBatches(train_set, batch, train=True, seed=seed, **common),
-                    ImageFolderBatches(val_set, batch, train=False, seed=seed, **common),
-                    None, train_set.class_names, None, 3)  # fmt: skip
+        train_folder = ImageFolderDataset(config["data"], "train")
+        val_folder = ImageFolderDataset(config["data"], "val", class_names=train_folder.class_names)
+
+        def folder_batches(dataset: ImageFolderDataset, train: bool) -> ImageFolderBatches:
+            return ImageFolderBatches(dataset, batch, train=train, seed=seed, rank=ctx.rank, world_size=ctx.world_size,
+                                      num_workers=workers, gpu_decode=gpu_decode)  # fmt: skip
+
+        return Data(folder_batches(train_folder, True), folder_batches(val_folder, False),
+                    None, train_folder.class_names, None, 3)  # fmt: skip
     train_set, test_set = load_array_data(config)
     if config["val_split"]:
         train_set, val_set = train_val_split(train_set, config["val_split"], seed=seed)

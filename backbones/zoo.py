@@ -56,7 +56,7 @@ def add_run(run_dir: Path, zoo_id: str, zoo: Path | None = None, device: str = "
         "sha256": sha256_of(target),
         "size": target.stat().st_size,
     }
-    manifest = json.loads(zoo.read_text()) if zoo.exists() else {"format_version": 1, "weights": []}
+    manifest: dict[str, Any] = json.loads(zoo.read_text()) if zoo.exists() else {"format_version": 1, "weights": []}
     manifest["weights"].append(record)
     atomic_write_text(zoo, json.dumps(manifest, indent=1) + "\n")
     create_model(config["arch"], weights=zoo_id)  # the record must load (and verify) before we say it is there
@@ -80,11 +80,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"({record.metrics.get('command')})")  # fmt: skip
         return 0
     try:
-        record = add_run(args.run_dir, args.id, device=args.device)
+        added = add_run(args.run_dir, args.id, device=args.device)
     except (ValueError, FileNotFoundError) as error:
         raise SystemExit(f"error: {error}") from None
-    print(f"added {record['id']}: {record['arch']} on {record['dataset']}, top-1 error {record['metrics']['top1_err']}% "
-          f"({record['metrics']['command']})")  # fmt: skip
+    print(f"added {added['id']}: {added['arch']} on {added['dataset']}, top-1 error {added['metrics']['top1_err']}% "
+          f"({added['metrics']['command']})")  # fmt: skip
     return 0
 
 

@@ -132,6 +132,7 @@ def load_artifact(path: Path, options: BenchOptions, threads: int) -> Target:
         raise SidecarError(f"{path}: no sidecar found; expected {sidecar_path(path)} (written by python -m "
                            "deploy.export next to the artifact)")  # fmt: skip
     sidecar = read_sidecar(path)
+    backend: OnnxBackend | OnnxDetectionBackend
     predictor: Predictor | DetectionPredictor
     if sidecar["task"] == "detection" and sidecar["backend"] == "onnx":
         post = sidecar["postprocessing"]

@@ -207,7 +207,9 @@ def exporter_failures(label: str, fmt: str, *passthrough: type[BaseException]) -
     ExportError and the ``passthrough`` types already say what is wrong and pass unchanged."""
     try:
         yield
-    except (ExportError, *passthrough):
+    except ExportError:
+        raise
+    except passthrough:
         raise
     except Exception as error:
         first = (str(error).strip().splitlines() or [""])[0]

@@ -98,7 +98,7 @@ def prepare_model(arch: str, weights: str | Path | None = None, **constructor: A
             model, class_names, preprocessing = loaded.model, loaded.class_names, loaded.preprocessing
     model = model.float().eval()
     channels = int(getattr(model, "in_chans", 3))
-    num_classes = int(getattr(model, "num_classes", 0)) or int(model.fc.out_features)  # type: ignore[union-attr]
+    num_classes = int(getattr(model, "num_classes", 0)) or int(model.fc.out_features)
     if class_names is None:
         if entry.family == "imagenet" and num_classes == 1000:
             class_names = imagenet_class_names()

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .datasets import COCODetection, VOCConcat, VOCDetection, voc_dataset
+from .datasets import COCODetection, OnError, VOCConcat, VOCDetection, voc_dataset
 from .fashion_det import FASHION_DET_CLASSES
-from .voc_eval import VOC_CLASSES
+from .voc_eval import VOC_CLASSES, Metric
 
 VOC_TRAIN = ("voc07+12", "voc07++12", "voc07-trainval", "voc12-trainval")
 VOC_TEST = ("voc07-test", "voc12-test")
@@ -68,7 +68,7 @@ def class_names_for(dataset: str) -> list[str]:
     raise ValueError(f"{dataset}: class names come from the annotation file")
 
 
-def training_set(dataset: str, root: Path, on_error: str = "raise") -> VOCDetection | VOCConcat | COCODetection:
+def training_set(dataset: str, root: Path, on_error: OnError = "raise") -> VOCDetection | VOCConcat | COCODetection:
     if dataset not in TRAIN_DATASETS:
         raise ValueError(f"unknown training set {dataset!r}; expected one of {', '.join(TRAIN_DATASETS)}")
     if dataset == "coco":
@@ -78,7 +78,7 @@ def training_set(dataset: str, root: Path, on_error: str = "raise") -> VOCDetect
     return voc_dataset(dataset, root, on_error=on_error)
 
 
-def evaluation_sets(dataset: str, root: Path, on_error: str = "raise") -> dict[str, Any]:
+def evaluation_sets(dataset: str, root: Path, on_error: OnError = "raise") -> dict[str, Any]:
     """{"voc": dataset, "coco": dataset}: the layouts this test set is scored in."""
     if dataset not in TEST_DATASETS:
         raise ValueError(f"unknown test set {dataset!r}; expected one of {', '.join(TEST_DATASETS)}")
@@ -90,6 +90,6 @@ def evaluation_sets(dataset: str, root: Path, on_error: str = "raise") -> dict[s
     return {"voc": voc_dataset(dataset, root, on_error=on_error)}
 
 
-def default_metric(dataset: str) -> str:
+def default_metric(dataset: str) -> Metric:
     """VOC07 test is scored with the 11-point metric, VOC12 (and the others) with the area metric."""
     return "voc12" if dataset == "voc12-test" else "voc07"

@@ -45,9 +45,10 @@ import os
 import warnings
 import xml.etree.ElementTree as ET
 from bisect import bisect_right
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence, overload
 
 import numpy as np
 import torch
@@ -102,6 +103,10 @@ class AnnotationError(ValueError):
 # ---------------------------------------------------------------------------------------------
 
 
+@overload
+def _box_array(boxes: torch.Tensor) -> torch.Tensor: ...
+@overload
+def _box_array(boxes: np.ndarray | Sequence[Any]) -> np.ndarray: ...
 def _box_array(boxes: BoxArray) -> np.ndarray | torch.Tensor:
     """A float copy of ``boxes`` shaped (N, 4): tensors stay tensors (float32 unless already floating)."""
     if isinstance(boxes, torch.Tensor):
@@ -112,6 +117,10 @@ def _box_array(boxes: BoxArray) -> np.ndarray | torch.Tensor:
     return np.array(boxes, dtype=np.float64).reshape(-1, 4)
 
 
+@overload
+def voc_to_continuous(boxes: torch.Tensor) -> torch.Tensor: ...
+@overload
+def voc_to_continuous(boxes: np.ndarray | Sequence[Any]) -> np.ndarray: ...
 def voc_to_continuous(boxes: BoxArray) -> np.ndarray | torch.Tensor:
     """VOC XML boxes (1-based inclusive ``x1 y1 x2 y2``) -> continuous 0-based: ``[x1-1, y1-1, x2, y2]``."""
     out = _box_array(boxes)
@@ -119,6 +128,10 @@ def voc_to_continuous(boxes: BoxArray) -> np.ndarray | torch.Tensor:
     return out
 
 
+@overload
+def continuous_to_voc(boxes: torch.Tensor) -> torch.Tensor: ...
+@overload
+def continuous_to_voc(boxes: np.ndarray | Sequence[Any]) -> np.ndarray: ...
 def continuous_to_voc(boxes: BoxArray) -> np.ndarray | torch.Tensor:
     """Continuous 0-based boxes -> the VOC XML / devkit convention: ``[x1+1, y1+1, x2, y2]``."""
     out = _box_array(boxes)
@@ -126,6 +139,10 @@ def continuous_to_voc(boxes: BoxArray) -> np.ndarray | torch.Tensor:
     return out
 
 
+@overload
+def xywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor: ...
+@overload
+def xywh_to_xyxy(boxes: np.ndarray | Sequence[Any]) -> np.ndarray: ...
 def xywh_to_xyxy(boxes: BoxArray) -> np.ndarray | torch.Tensor:
     """COCO ``[x, y, w, h]`` -> ``[x, y, x + w, y + h]`` (both continuous)."""
     out = _box_array(boxes)
@@ -133,6 +150,10 @@ def xywh_to_xyxy(boxes: BoxArray) -> np.ndarray | torch.Tensor:
     return out
 
 
+@overload
+def xyxy_to_xywh(boxes: torch.Tensor) -> torch.Tensor: ...
+@overload
+def xyxy_to_xywh(boxes: np.ndarray | Sequence[Any]) -> np.ndarray: ...
 def xyxy_to_xywh(boxes: BoxArray) -> np.ndarray | torch.Tensor:
     """``[x1, y1, x2, y2]`` -> COCO ``[x, y, w, h]`` (both continuous)."""
     out = _box_array(boxes)
@@ -140,6 +161,10 @@ def xyxy_to_xywh(boxes: BoxArray) -> np.ndarray | torch.Tensor:
     return out
 
 
+@overload
+def clip_boxes(boxes: torch.Tensor, width: float, height: float) -> torch.Tensor: ...
+@overload
+def clip_boxes(boxes: np.ndarray | Sequence[Any], width: float, height: float) -> np.ndarray: ...
 def clip_boxes(boxes: BoxArray, width: float, height: float) -> np.ndarray | torch.Tensor:
     """Continuous boxes clipped to the image ``[0, width] x [0, height]``."""
     out = _box_array(boxes)
@@ -515,8 +540,7 @@ class VOCConcat(ConcatDataset):
         self.records: list[VOCRecord] = [r for p in parts for r in p.records]
         self.image_ids: list[str] = [r.image_id for r in self.records]
         if len(set(self.image_ids)) != len(self.image_ids):
-            seen: set[str] = set()
-            duplicates = sorted({i for i in self.image_ids if i in seen or seen.add(i)})
+            duplicates = sorted(i for i, count in Counter(self.image_ids).items() if count > 1)
             raise ValueError(f"{self.name}: image ids are not unique across the parts "
                              f"(e.g. {duplicates[:5]}); give each part an id_prefix")  # fmt: skip
         self.skipped: list[str] = [m for p in parts for m in p.skipped]

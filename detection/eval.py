@@ -27,7 +27,7 @@ from backbones.fileio import atomic_path, atomic_write_text
 from .catalog import TEST_DATASETS, default_metric, evaluation_sets
 from .coco_eval import evaluate_coco
 from .inference import Prediction, evaluate_test_set
-from .voc_eval import METRICS, evaluate_detections, read_devkit_results
+from .voc_eval import METRICS, Metric, evaluate_detections, read_devkit_results
 
 # The paper's Tables 7 and 8 (Faster R-CNN baselines), for the layout.
 PAPER_VOC = {"voc07-test": [("VGG-16", "07+12", 73.2), ("ResNet-101", "07+12", 76.4)],
@@ -104,7 +104,7 @@ def visualize(predictions: list[Prediction], dataset: Any, directory: Path, coun
     return written
 
 
-def score_precomputed(dataset: str, root: Path, detections: Path, metric: str) -> dict[str, Any]:
+def score_precomputed(dataset: str, root: Path, detections: Path, metric: Metric) -> dict[str, Any]:
     sets = evaluation_sets(dataset, root)
     if detections.is_dir():
         if "voc" not in sets:

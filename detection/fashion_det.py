@@ -343,7 +343,9 @@ def _generate_split(output: Path, split: _Split, first_id: int, source: ArrayDat
         raise ValueError(f"{source.name}: no items to composite")
     items, labels = source.images[:, 0].numpy(), source.labels.numpy()
     voc, coco = output / VOC_DIR, output / COCO_DIR
-    stems, images, annotations = [], [], []
+    stems: list[str] = []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     per_class = [0] * len(FASHION_DET_CLASSES)
     empty = 0
     for index in range(count):

@@ -13,7 +13,7 @@ from torch import nn
 from .batches import DetectionBatches
 from .coco_eval import evaluate_coco, write_coco_results
 from .datasets import continuous_to_voc
-from .voc_eval import ClassDetections, VOCEvaluator, write_devkit_results
+from .voc_eval import ClassDetections, Metric, VOCEvaluator, write_devkit_results
 
 
 @dataclass
@@ -61,7 +61,7 @@ def voc_detections_by_class(predictions: list[Prediction], class_names: list[str
     return result
 
 
-def score_voc(predictions: list[Prediction], dataset: Any, metric: str, results_dir: Path | None = None,
+def score_voc(predictions: list[Prediction], dataset: Any, metric: Metric, results_dir: Path | None = None,
               split: str = "test") -> dict[str, Any]:  # fmt: skip
     """The devkit's mAP; with ``results_dir``, also the comp4 files any devkit can score."""
     evaluator = VOCEvaluator(dataset.class_names, label_offset=1)
@@ -85,7 +85,7 @@ def score_coco(predictions: list[Prediction], dataset: Any, results_file: Path |
 
 
 def evaluate_test_set(model: nn.Module, dataset: str, root: Path, *, channels: int, device: torch.device | str = "cpu",
-                      metric: str | None = None, results_dir: Path | None = None, batch_size: int = 4,
+                      metric: Metric | None = None, results_dir: Path | None = None, batch_size: int = 4,
                       progress: bool = False) -> tuple[dict[str, Any], list[Prediction], dict[str, Any]]:  # fmt: skip
     """Detect once on the test set, score it in each layout it has: ({"voc": .., "coco": ..}, predictions, sets)."""
     from .catalog import default_metric, evaluation_sets

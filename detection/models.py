@@ -93,7 +93,8 @@ class BackboneInfo:
 def backbone_normalisation(weights: str | Path | None, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) the backbone was trained with: its zoo record's, else ImageNet's for 3 channels,
     else neutral statistics (e.g. a grayscale net without a record)."""
-    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
     record = read_zoo().get(str(weights)) if weights is not None else None
     if record is not None:
         mean, std = tuple(record.preprocessing["mean"]), tuple(record.preprocessing["std"])

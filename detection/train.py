@@ -16,7 +16,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -29,8 +29,9 @@ from backbones.weights import save_weights
 
 from .batches import DetectionBatches, detection_step
 from .catalog import TEST_FOR_TRAIN, TRAIN_DATASETS, recipe_for, evaluation_sets, training_set
+from .datasets import OnError
 from .inference import evaluate_test_set
-from .models import DESIGNS, backbone_normalisation, build_faster_rcnn
+from .models import DESIGNS, BackboneInfo, backbone_normalisation, build_faster_rcnn
 
 log = logging.getLogger("detection.train")
 MODEL_OPTIONS = ("min_size", "max_size", "anchor_sizes", "box_batch_size_per_image", "rpn_pre_nms_top_n_train",
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         get_model_entry(args.backbone)
         config = resolve_config(args)
-        on_error = "skip" if args.skip_bad_annotations else "raise"
+        on_error: OnError = "skip" if args.skip_bad_annotations else "raise"
         train_set = training_set(args.dataset, args.data_root, on_error)
         class_names = list(train_set.class_names)
         model = build_detector(config, len(class_names))
@@ -124,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: {error}") from None
     ctx = init_distributed(args.device)
     torch.manual_seed(args.seed)
-    channels = model.backbone_info.in_chans
-    info = model.backbone_info
+    info = cast(BackboneInfo, model.backbone_info)  # set by build_faster_rcnn; Module.__getattr__ types it loosely
+    channels = info.in_chans
     config.update(class_names=class_names, channels=channels, image_mean=list(info.mean), image_std=list(info.std),
                   world_size=ctx.world_size)  # fmt: skip
     source = DetectionBatches(train_set, config["images_per_batch"], train=True, channels=channels, seed=args.seed,
@@ -133,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     def evaluate_fn(m: torch.nn.Module) -> dict[str, float]:
         # fp32 even when training in bf16/fp16: half-precision box coordinates (bf16: 0.5 px steps at 100 px)
         # would cost AP at the strict IoU thresholds of COCO's mAP@[.5,.95]
+        assert test_name is not None  # the Trainer gets evaluate_fn only when there is a test set
         with torch.autocast(ctx.device.type, enabled=False):
             results, _, _ = evaluate_test_set(m, test_name, args.data_root, channels=channels, device=ctx.device)
         flat = {f"voc_{k}": v for k, v in results.get("voc", {}).items() if k == "mAP"}

@@ -7,8 +7,9 @@ sees exactly the same augmented images as an uninterrupted single-process one.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F

@@ -14,10 +14,11 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol, cast
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch

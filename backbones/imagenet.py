@@ -15,9 +15,10 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence, Union
+from typing import Any, Union
 
 import numpy as np
 import torch

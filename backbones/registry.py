@@ -5,10 +5,11 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .resnet import ResNet, cifar_resnet, imagenet_resnet
 from .weights import load_weights, resolve_weights

@@ -8,8 +8,9 @@ takes over). Every schedule has ``state_dict`` / ``load_state_dict`` for exact r
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 SCHEDULES = ("step", "cosine", "plateau")
 

@@ -23,12 +23,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backbones import create_model  # noqa: E402
-from backbones.classification import classification_step  # noqa: E402
-from backbones.distributed import DistContext  # noqa: E402
-from backbones.engine import EngineConfig, Trainer  # noqa: E402
-from backbones.fileio import atomic_write_text  # noqa: E402
-from backbones.schedule import LRSchedule  # noqa: E402
+from backbones import create_model
+from backbones.classification import classification_step
+from backbones.distributed import DistContext
+from backbones.engine import EngineConfig, Trainer
+from backbones.fileio import atomic_write_text
+from backbones.schedule import LRSchedule
 
 
 def synchronize(device: torch.device) -> None:

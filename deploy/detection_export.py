@@ -41,10 +41,11 @@ import copy
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -54,7 +55,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from backbones.fileio import sha256_of
 
-from .backends import ArtifactLoadError, DetectorBackend, Detections, OnnxDetectionBackend
+from .backends import ArtifactLoadError, Detections, DetectorBackend, OnnxDetectionBackend
 from .export import ExportError, ExportOptions, ExportResult, check_onnx_file, exporter_failures, publish
 from .models import PreparedDetector, prepare_detector
 from .samples import natural_images

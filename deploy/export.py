@@ -42,11 +42,12 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -168,8 +169,14 @@ def _export_eager(prepared: PreparedModel, path: Path, options: ExportOptions, e
 
 
 def _export_tensorrt(prepared: PreparedModel, path: Path, options: ExportOptions, example: torch.Tensor, work: Path) -> dict[str, Any]:
-    from .tensorrt_build import (BuildOptions, build_engine, calibration_batches, calibration_files,
-                                 default_profiles, make_entropy_calibrator)  # fmt: skip
+    from .tensorrt_build import (
+        BuildOptions,
+        build_engine,
+        calibration_batches,
+        calibration_files,
+        default_profiles,  # fmt: skip
+        make_entropy_calibrator,
+    )
 
     onnx_path = work / "model.onnx"
     build_onnx(prepared.model, example, onnx_path, options.opset, options.dynamic_hw)

@@ -12,14 +12,23 @@ pixels of the image as given.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Sequence, overload
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
 
-from .backends import (AotiBackend, Backend, DetectorBackend, Detections, EagerBackend, EagerDetectionBackend,
-                       OnnxBackend, OnnxDetectionBackend)  # fmt: skip
+from .backends import (
+    AotiBackend,
+    Backend,
+    Detections,
+    DetectorBackend,
+    EagerBackend,
+    EagerDetectionBackend,
+    OnnxBackend,  # fmt: skip
+    OnnxDetectionBackend,
+)
 from .preprocess import ImageReader, Images, Preprocessor
 from .sidecar import SidecarError, read_sidecar, sidecar_path
 

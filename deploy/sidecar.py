@@ -57,9 +57,10 @@ import json
 import math
 import platform
 import re
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from backbones.fileio import atomic_write_text, sha256_of
 

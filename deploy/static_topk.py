@@ -16,8 +16,9 @@ transform's resize and padding, through the real backbone.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torchvision.models.detection import _utils as detection_utils

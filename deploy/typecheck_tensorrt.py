@@ -64,7 +64,7 @@ def installed_stub_files() -> list[tuple[Path, Path]]:
 
 
 def _fix_signature(line: str, counts: FixCounts) -> str:
-    match = re.match(r"^(\s*def \w+\()(.*)(\)\s*(?:->.*)?:.*)$", line, re.S)
+    match = re.match(r"^(\s*def \w+\()(.*)(\)\s*(?:->.*)?:.*)$", line, re.DOTALL)
     if not match:
         return line
     params = match.group(2).split(", ")

@@ -26,8 +26,9 @@ import json
 import math
 import os
 import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from backbones.fileio import atomic_write_text
 

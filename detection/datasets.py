@@ -46,9 +46,10 @@ import warnings
 import xml.etree.ElementTree as ET
 from bisect import bisect_right
 from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 import torch
@@ -62,10 +63,10 @@ if TYPE_CHECKING:
     from pycocotools.coco import COCO
 
 __all__ = [
+    "VOC_DATASETS",
     "AnnotationError",
     "COCODetection",
     "COCORecord",
-    "VOC_DATASETS",
     "VOCConcat",
     "VOCDetection",
     "VOCRecord",

@@ -41,10 +41,11 @@ import os
 import shutil
 import sys
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image

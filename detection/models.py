@@ -16,10 +16,10 @@ k the stem and the first k-1 stages; default 2: conv1 and conv2_x).
 from __future__ import annotations
 
 import dataclasses
-
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F

@@ -28,7 +28,7 @@ from backbones.schedule import LRSchedule
 from backbones.weights import save_weights
 
 from .batches import DetectionBatches, detection_step
-from .catalog import TEST_FOR_TRAIN, TRAIN_DATASETS, recipe_for, evaluation_sets, training_set
+from .catalog import TEST_FOR_TRAIN, TRAIN_DATASETS, evaluation_sets, recipe_for, training_set
 from .datasets import OnError
 from .inference import evaluate_test_set
 from .models import DESIGNS, BackboneInfo, backbone_normalisation, build_faster_rcnn

@@ -47,32 +47,33 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 
 from backbones.fileio import atomic_write_text
 
 __all__ = [
-    "VOC_CLASSES",
     "METRICS",
-    "GroundTruth",
+    "VOC_CLASSES",
     "ClassDetections",
-    "MatchResult",
     "ClassResult",
-    "voc_iou",
-    "voc_ap",
-    "match_detections",
-    "precision_recall",
-    "evaluate_class",
-    "evaluate_detections",
-    "summarize",
+    "GroundTruth",
+    "MatchResult",
     "VOCEvaluator",
     "devkit_result_path",
-    "write_devkit_results",
+    "evaluate_class",
+    "evaluate_detections",
+    "match_detections",
+    "precision_recall",
     "read_devkit_results",
+    "summarize",
+    "voc_ap",
+    "voc_iou",
+    "write_devkit_results",
 ]
 
 Metric = Literal["voc07", "voc12"]

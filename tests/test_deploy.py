@@ -24,8 +24,12 @@ from deploy.export import main as export_main
 from deploy.preprocess import ImageInputError
 from deploy.samples import natural_images
 from deploy.sidecar import SidecarError, read_sidecar, sidecar_path, validate
-from deploy.tensorrt_build import (EngineCompatibilityError, TensorRTUnavailable, check_engine_compatibility,
-                                   tensorrt_available)  # fmt: skip
+from deploy.tensorrt_build import (
+    EngineCompatibilityError,
+    TensorRTUnavailable,
+    check_engine_compatibility,
+    tensorrt_available,  # fmt: skip
+)
 
 TRT_OK, TRT_REASON = tensorrt_available()
 needs_tensorrt = pytest.mark.skipif(not TRT_OK, reason=f"needs TensorRT and a CUDA GPU: {TRT_REASON}")

@@ -25,16 +25,23 @@ import deploy
 from backbones.fileio import sha256_of
 from backbones.weights import save_weights
 from deploy.backends import OnnxDetectionBackend
-from deploy.detection_export import (ExactResizeTransform, OUTPUT_NAMES, build_detector_onnx, build_tensorrt_onnx,
-                                     check_detection_parity, exact_resize, match_detections)  # fmt: skip
+from deploy.detection_export import (
+    OUTPUT_NAMES,
+    ExactResizeTransform,
+    build_detector_onnx,
+    build_tensorrt_onnx,
+    check_detection_parity,  # fmt: skip
+    exact_resize,
+    match_detections,
+)
 from deploy.export import ExportError, ExportOptions, export_model
 from deploy.export import main as export_main
 from deploy.models import prepare_detector
 from deploy.runtime import DetectionPredictor
 from deploy.samples import natural_images
 from deploy.sidecar import SidecarError, read_sidecar, sidecar_path, validate
-from deploy.tensorrt_build import TensorRTUnavailable, tensorrt_available
 from deploy.static_topk import fewest_anchors
+from deploy.tensorrt_build import TensorRTUnavailable, tensorrt_available
 from deploy.tensorrt_detection import detector_profiles
 from detection.train import build_detector
 
@@ -174,9 +181,8 @@ def test_boxes_come_back_in_original_image_pixels(runs, exported):
 
 def test_exact_resize_matches_eager_sizes(tmp_path):
     """The traced resize gives eager PyTorch's size for every input size (torchvision's own does not)."""
-    from torchvision.models.detection.transform import GeneralizedRCNNTransform
-
     import onnxruntime as ort
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
     class Resize(torch.nn.Module):
         def __init__(self, transform: GeneralizedRCNNTransform) -> None:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from backbones.datasets import ArrayDataset, FASHION_MNIST_CLASSES
+from backbones.datasets import FASHION_MNIST_CLASSES, ArrayDataset
 from detection.catalog import evaluation_sets
 from detection.datasets import continuous_to_voc
 from detection.eval import main as eval_main

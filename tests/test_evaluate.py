@@ -99,7 +99,8 @@ def test_imagenet_protocols_on_a_tiny_val_folder(tmp_path):
 
 
 def test_fig6_style_panels_from_runs(trained_run, tmp_path):
-    from backbones.analysis import error_series, main as analysis_main, read_metrics
+    from backbones.analysis import error_series, read_metrics
+    from backbones.analysis import main as analysis_main
 
     out = tmp_path / "fig6.png"
     assert analysis_main(["--panel", "plain", f"a={trained_run}", "--panel", "ResNet", f"b={trained_run}",

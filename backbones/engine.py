@@ -69,6 +69,25 @@ class EngineConfig:
             raise ValueError("max_iters, log_every and checkpoint_every must be positive")
 
 
+def format_metrics(metrics: dict[str, float]) -> str:
+    """``loss 0.1310, error 0.0463, lr 0.01, epoch 58.3, 875 img/s`` for a log line."""
+    parts = []
+    for key, value in metrics.items():
+        if key == "images_per_s":
+            parts.append(f"{value:.0f} img/s")
+        elif isinstance(value, (int, float)):
+            parts.append(f"{key} {value:.4g}")
+    return ", ".join(parts)
+
+
+def format_duration(seconds: float) -> str:
+    """``2h05m``, ``4m10s`` or ``12s``."""
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
 class CheckpointError(ValueError):
     pass
 
@@ -273,31 +292,17 @@ class Trainer:
         self.model.train()
         self.last_eval, self.last_eval_iteration = dict(metrics), self.iteration
         self._record("eval", metrics)
+        if self.ctx.is_main:
+            log.info("iteration %d: evaluation: %s", self.iteration, format_metrics(metrics))
         if self.config.monitor in metrics:  # lower is better
             self.schedule.observe_validation(metrics[self.config.monitor])
         return metrics
 
     # ------------------------------------------------------------------ the loop
-    def fit(self, resume: bool = False) -> dict[str, float]:
+    def _loop(self, progress: Any, batches_per_epoch: int, eval_every: int) -> None:
         config = self.config
-        if resume:
-            self.load_checkpoint(self.checkpoint_path)
-            log.info("resumed from %s at iteration %d", self.checkpoint_path, self.iteration)
-        elif self.checkpoint_path.exists():
-            raise FileExistsError(f"{self.checkpoint_path} exists: pass --resume to continue that run, "
-                                  "or choose another --output")  # fmt: skip
-        self._open_logs(resumed=resume)
-        batches_per_epoch = len(self.source)
-        if batches_per_epoch == 0:
-            raise ValueError("the training data yields no batches (fewer images than one batch?)")
-        eval_every = config.eval_every or batches_per_epoch
-        progress = None
-        if config.progress and self.ctx.is_main:
-            from tqdm import tqdm
-
-            progress = tqdm(total=config.max_iters, initial=self.iteration, unit="it", dynamic_ncols=True)
         self.model.train()
-        window_start, window_samples = time.perf_counter(), 0
+        window_start, window_samples, window_start_iteration = time.perf_counter(), 0, self.iteration
         while self.iteration < config.max_iters:
             epoch, start = divmod(self.iteration, batches_per_epoch)
             for batch in self.source.batches(epoch, start):
@@ -321,7 +326,13 @@ class Trainer:
                     if progress is not None:
                         progress.set_postfix(loss=f"{metrics.get('loss', float('nan')):.3f}", lr=f"{lr:.3g}",
                                              img_s=f"{metrics['images_per_s']:.0f}", refresh=False)  # fmt: skip
+                    elif self.ctx.is_main:  # background runs: the log file is the progress report
+                        seconds_per_iteration = elapsed / (self.iteration - window_start_iteration)
+                        eta = format_duration(seconds_per_iteration * (config.max_iters - self.iteration))
+                        log.info("iteration %d/%d: %s, ETA %s", self.iteration, config.max_iters,
+                                 format_metrics(metrics), eta)  # fmt: skip
                     window_start, window_samples = time.perf_counter(), 0
+                    window_start_iteration = self.iteration
                 final = self.iteration == config.max_iters
                 if final and self.evaluate_fn is not None:  # the finished training is on disk before the final evaluation
                     self.save_checkpoint()
@@ -334,8 +345,32 @@ class Trainer:
             if self.source.skipped:
                 log.warning("epoch %d: %d unreadable image(s) skipped", epoch, self.source.skipped)
                 self._record("data", {"skipped_images": self.source.skipped, "epoch": epoch})
-        if progress is not None:
-            progress.close()
+
+    def fit(self, resume: bool = False) -> dict[str, float]:
+        config = self.config
+        if resume:
+            self.load_checkpoint(self.checkpoint_path)
+            log.info("resumed from %s at iteration %d", self.checkpoint_path, self.iteration)
+        elif self.checkpoint_path.exists():
+            raise FileExistsError(f"{self.checkpoint_path} exists: pass --resume to continue that run, "
+                                  "or choose another --output")  # fmt: skip
+        self._open_logs(resumed=resume)
+        batches_per_epoch = len(self.source)
+        if batches_per_epoch == 0:
+            raise ValueError("the training data yields no batches (fewer images than one batch?)")
+        eval_every = config.eval_every or batches_per_epoch
+        progress = None
+        if config.progress and self.ctx.is_main:
+            from tqdm import tqdm
+
+            progress = tqdm(total=config.max_iters, initial=self.iteration, unit="it", dynamic_ncols=True)
+        if progress is None:
+            self._loop(None, batches_per_epoch, eval_every)
+        else:  # log lines (evaluations, warnings) print above the bar instead of breaking it
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            with progress, logging_redirect_tqdm(loggers=[logging.getLogger()]):
+                self._loop(progress, batches_per_epoch, eval_every)
         if self.evaluate_fn is not None and self.last_eval_iteration != self.iteration:
             # resumed after the final evaluation failed or was interrupted: run it now
             self.run_evaluation()

@@ -1,6 +1,7 @@
 """The trainer end to end: CLI runs, exact resume after SIGKILL, torchrun DDP, checkpoint errors."""
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -214,3 +215,41 @@ def test_a_failed_final_evaluation_loses_no_training_and_resume_runs_only_the_ev
     assert resumed.iteration == 6 and all(torch.equal(a, b) for a, b in
                                           zip(resumed.model.state_dict().values(), first.model.state_dict().values()))
     assert read_checkpoint(tmp_path / "run" / "checkpoint.pt")["last_eval_iteration"] == 6
+
+
+def test_without_a_progress_bar_the_log_reports_progress_eta_and_evaluations(tmp_path, caplog):
+    import logging
+
+    from backbones.engine import EngineConfig, Trainer, format_duration
+    from backbones.schedule import LRSchedule
+
+    class Batches:
+        skipped = 0
+
+        def __len__(self):
+            return 3
+
+        def batches(self, epoch, start=0):
+            for _ in range(start, 3):
+                yield torch.randn(4, 3), torch.randn(4, 1)
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    config = EngineConfig(tmp_path / "run", max_iters=6, log_every=2, eval_every=3, checkpoint_every=100, progress=False)
+
+    def step(net, batch):
+        return {"loss": torch.nn.functional.mse_loss(net(batch[0]), batch[1])}
+
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), LRSchedule(0.1, max_iters=6), Batches(), step,
+                      config, evaluate_fn=lambda net: {"top1_err": 12.5})  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="backbones.engine"):
+        trainer.fit()
+    lines = [r.getMessage() for r in caplog.records if r.name == "backbones.engine"]
+    progress = [line for line in lines if "ETA" in line]
+    assert [line.split(":")[0] for line in progress] == ["iteration 2/6", "iteration 4/6", "iteration 6/6"]
+    assert all(re.search(r": loss \d\.\d+, lr 0\.1, epoch [\d.]+, \d+ img/s, ETA \d+s$", line) for line in progress), progress
+    assert progress[-1].endswith("ETA 0s")
+    assert [line for line in lines if "evaluation" in line] == ["iteration 3: evaluation: top1_err 12.5",
+                                                                  "iteration 6: evaluation: top1_err 12.5"]  # fmt: skip
+    assert [format_duration(s) for s in (0.4, 59, 61, 3599, 3600, 7530)] == ["0s", "59s", "1m01s", "59m59s", "1h00m",
+                                                                              "2h05m"]  # fmt: skip

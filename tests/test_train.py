@@ -1,8 +1,8 @@
 """The trainer end to end: CLI runs, exact resume after SIGKILL, torchrun DDP, checkpoint errors."""
 
 import json
-import re
 import os
+import re
 import signal
 import subprocess
 import sys

@@ -170,24 +170,31 @@ def test_mixed_precision_and_channels_last_steps_run_and_stay_finite(tmp_path, a
     assert all(v.dtype == torch.float32 for k, v in state["model"].items() if v.is_floating_point())
 
 
+class ToyBatches:
+    """A deterministic regression stream for engine-level tests: ``length`` batches of 8 per epoch."""
+
+    skipped = 0
+
+    def __init__(self, length):
+        self.length = length
+
+    def __len__(self):
+        return self.length
+
+    def batches(self, epoch, start=0):
+        for index in range(start, self.length):
+            g = torch.Generator().manual_seed(epoch * 10 + index)
+            yield torch.randn(8, 3, generator=g), torch.randn(8, 1, generator=g)
+
+
+def toy_step(model, batch):
+    x, y = batch
+    return {"loss": torch.nn.functional.mse_loss(model(x), y)}
+
+
 def test_a_failed_final_evaluation_loses_no_training_and_resume_runs_only_the_evaluation(tmp_path):
     from backbones.engine import EngineConfig, Trainer
     from backbones.schedule import LRSchedule
-
-    class Batches:
-        skipped = 0
-
-        def __len__(self):
-            return 4
-
-        def batches(self, epoch, start=0):
-            for index in range(start, 4):
-                g = torch.Generator().manual_seed(epoch * 10 + index)
-                yield torch.randn(8, 3, generator=g), torch.randn(8, 1, generator=g)
-
-    def step(model, batch):
-        x, y = batch
-        return {"loss": torch.nn.functional.mse_loss(model(x), y)}
 
     calls = []
 
@@ -203,7 +210,8 @@ def test_a_failed_final_evaluation_loses_no_training_and_resume_runs_only_the_ev
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
         config = EngineConfig(tmp_path / "run", max_iters=6, log_every=2, eval_every=100, checkpoint_every=100,
                               progress=False)  # fmt: skip
-        return Trainer(model, optimizer, LRSchedule(0.1, max_iters=6), Batches(), step, config, evaluate_fn=evaluate_fn)
+        return Trainer(model, optimizer, LRSchedule(0.1, max_iters=6), ToyBatches(4), toy_step, config,
+                       evaluate_fn=evaluate_fn)  # fmt: skip
 
     first = trainer(failing_once)
     with pytest.raises(RuntimeError, match="evaluation crashed"):
@@ -223,25 +231,12 @@ def test_without_a_progress_bar_the_log_reports_progress_eta_and_evaluations(tmp
     from backbones.engine import EngineConfig, Trainer, format_duration
     from backbones.schedule import LRSchedule
 
-    class Batches:
-        skipped = 0
-
-        def __len__(self):
-            return 3
-
-        def batches(self, epoch, start=0):
-            for _ in range(start, 3):
-                yield torch.randn(4, 3), torch.randn(4, 1)
-
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 1)
     config = EngineConfig(tmp_path / "run", max_iters=6, log_every=2, eval_every=3, checkpoint_every=100, progress=False)
 
-    def step(net, batch):
-        return {"loss": torch.nn.functional.mse_loss(net(batch[0]), batch[1])}
-
-    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), LRSchedule(0.1, max_iters=6), Batches(), step,
-                      config, evaluate_fn=lambda net: {"top1_err": 12.5})  # fmt: skip
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), LRSchedule(0.1, max_iters=6), ToyBatches(3),
+                      toy_step, config, evaluate_fn=lambda net: {"top1_err": 12.5})  # fmt: skip
     with caplog.at_level(logging.INFO, logger="backbones.engine"):
         trainer.fit()
     lines = [r.getMessage() for r in caplog.records if r.name == "backbones.engine"]

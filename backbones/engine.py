@@ -69,6 +69,20 @@ class EngineConfig:
             raise ValueError("max_iters, log_every and checkpoint_every must be positive")
 
 
+# Run-config keys a resumed run may change: where the data lives, how many processes share the global
+# batch, how often it evaluates, and how it executes (EngineConfig: logging, compile, channels_last).
+# Everything else is the recipe, and a resumed run must keep it to stay the same run.
+CHECKPOINT_NAME = "checkpoint.pt"
+FREE_ON_RESUME = frozenset({"engine", "world_size", "data", "data_root", "eval_every"})
+
+
+def refuse_finished_or_running(output_dir: Path) -> None:
+    """A fresh run must not overwrite another run's checkpoint (or its config.json: call this first)."""
+    checkpoint = Path(output_dir) / CHECKPOINT_NAME
+    if checkpoint.exists():
+        raise FileExistsError(f"{checkpoint} exists: pass --resume to continue that run, or choose another --output")
+
+
 def format_metrics(metrics: dict[str, float]) -> str:
     """``loss 0.1310, error 0.0463, lr 0.01, epoch 58.3, 875 img/s`` for a log line."""
     parts = []
@@ -86,6 +100,22 @@ def format_duration(seconds: float) -> str:
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def _metric_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """The readable records of a metrics.jsonl; a torn line (a crash mid-write) is dropped with a warning."""
+    records = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            log.warning("%s, line %d: not a JSON record (torn by a crash?); dropped", path, number)
+            continue
+        if isinstance(record, dict):
+            records.append((line, record))
+    return records
 
 
 class CheckpointError(ValueError):
@@ -170,7 +200,7 @@ class Trainer:
             torch.autocast(self.ctx.device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
         )
         self.scaler = torch.amp.GradScaler(self.ctx.device.type, enabled=config.amp == "fp16")
-        self.checkpoint_path = config.output_dir / "checkpoint.pt"
+        self.checkpoint_path = config.output_dir / CHECKPOINT_NAME
         self.metrics_path = config.output_dir / "metrics.jsonl"
 
     def _wrap(self, model: nn.Module) -> nn.Module:
@@ -209,10 +239,13 @@ class Trainer:
     def load_checkpoint(self, path: str | Path) -> None:
         state = read_checkpoint(path)
         saved = json.loads(state["run_config"])
-        for key in ("arch", "dataset", "constructor"):
-            if key in saved and key in self.run_config and saved[key] != self.run_config[key]:
-                raise CheckpointError(f"{path} was written by a run with {key}={saved[key]!r}, "
-                                      f"but this run has {key}={self.run_config[key]!r}")  # fmt: skip
+        current = json.loads(json.dumps(self.run_config, default=str))  # the form it was saved in
+        changed = [key for key in sorted(set(saved) & set(current))
+                   if key not in FREE_ON_RESUME and saved[key] != current[key]]  # fmt: skip
+        if changed:
+            differences = "; ".join(f"{key}: {saved[key]!r} in the checkpoint, {current[key]!r} now" for key in changed)
+            raise CheckpointError(f"{path} was written by a run with another recipe ({differences}). Resume with the "
+                                  "same settings (see the run's config.json), or start a new run with --output")  # fmt: skip
         from .weights import check_state_dict
 
         check_state_dict(self.model, state["model"], str(path))
@@ -236,10 +269,8 @@ class Trainer:
             return
         self.config.output_dir.mkdir(parents=True, exist_ok=True)
         if resumed and self.metrics_path.exists():  # drop records the resumed run will write again
-            kept = [
-                line for line in self.metrics_path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("iteration", 0) <= self.iteration
-            ]  # fmt: skip
+            kept = [line for line, record in _metric_records(self.metrics_path)
+                    if record.get("iteration", 0) <= self.iteration]  # fmt: skip
             atomic_write_text(self.metrics_path, "".join(f"{line}\n" for line in kept))
         elif self.metrics_path.exists():
             self.metrics_path.unlink()
@@ -351,9 +382,8 @@ class Trainer:
         if resume:
             self.load_checkpoint(self.checkpoint_path)
             log.info("resumed from %s at iteration %d", self.checkpoint_path, self.iteration)
-        elif self.checkpoint_path.exists():
-            raise FileExistsError(f"{self.checkpoint_path} exists: pass --resume to continue that run, "
-                                  "or choose another --output")  # fmt: skip
+        else:
+            refuse_finished_or_running(self.config.output_dir)
         self._open_logs(resumed=resume)
         batches_per_epoch = len(self.source)
         if batches_per_epoch == 0:

@@ -83,11 +83,13 @@ def array_batches(dataset: ArrayDataset, preprocess: Preprocess, batch_size: int
         yield preprocess(dataset.images[start : start + batch_size]), dataset.labels[start : start + batch_size]
 
 
-def imagenet_scores(models: list[nn.Module], data: Path, protocol: str, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(averaged softmax scores, labels) image by image over ImageNet's val split."""
+def imagenet_scores(models: list[nn.Module], data: Path, protocol: str, device: torch.device,
+                    class_names: list[str] | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
+    """(averaged softmax scores, labels) image by image over ImageNet's val split; with the models'
+    ``class_names`` the val folders must be exactly those classes (else every label after a gap shifts)."""
     from .imagenet import ImageFolderDataset, average_softmax, protocol_views
 
-    dataset = ImageFolderDataset(data, "val")
+    dataset = ImageFolderDataset(data, "val", class_names=class_names)
     for index in range(len(dataset)):
         sample = dataset[index]
         if sample is None:  # unreadable: already warned about, by name
@@ -108,10 +110,16 @@ def evaluate(arch: str, weights: list[str], dataset: str, data: Path | None = No
     target = pick_device(device)
     loaded = [load_model(arch, w) for w in weights]
     models: list[nn.Module] = [item.model.to(target).eval() for item in loaded]
+    named = [item for item in loaded if item.class_names is not None]
+    for item in named[1:]:
+        if item.class_names != named[0].class_names:
+            raise ValueError(f"{item.source} and {named[0].source} predict different classes: an ensemble averages "
+                             "scores class by class, so its members must share the class list")  # fmt: skip
+    class_names = named[0].class_names if named else None
     if dataset == "imagenet":
         if data is None:
             raise ValueError("ImageNet evaluation needs --data DIR with val/<class>/*.JPEG")
-        batches: Iterator[tuple[torch.Tensor, torch.Tensor]] = imagenet_scores(models, data, protocol, target)
+        batches: Iterator[tuple[torch.Tensor, torch.Tensor]] = imagenet_scores(models, data, protocol, target, class_names)
         scored = True
     else:
         if protocol != "center":
@@ -120,9 +128,10 @@ def evaluate(arch: str, weights: list[str], dataset: str, data: Path | None = No
         if missing:
             raise ValueError(f"{missing[0]} carries no preprocessing record (use a zoo id or a run directory)")
         test_set = load_test_split(dataset, data, loaded[0].seed)
-        for item in loaded:
-            if item.class_names is not None and len(item.class_names) != len(test_set.class_names):
-                raise ValueError(f"{item.source} has {len(item.class_names)} classes, {dataset} has {len(test_set.class_names)}")
+        if class_names is not None and list(class_names) != list(test_set.class_names):
+            raise ValueError(f"{named[0].source} was trained on the classes {class_names[:4]}... ({len(class_names)}), "
+                             f"{dataset}'s test split has {list(test_set.class_names)[:4]}... "
+                             f"({len(test_set.class_names)}): not the same task")  # fmt: skip
         preprocess = Preprocess.from_dict(loaded[0].preprocessing or {})
         batches = array_batches(test_set, preprocess, batch_size)
         scored = False

@@ -24,7 +24,7 @@ from .augment import ArrayBatches, CropFlip, Preprocess
 from .classification import classification_step, evaluate_classifier
 from .datasets import ArrayDataset, channel_stats, load_cifar10, load_fashion_mnist, make_synthetic, train_val_split
 from .distributed import DistContext, cleanup, init_distributed
-from .engine import EngineConfig, Trainer, engine_config_dict
+from .engine import EngineConfig, Trainer, engine_config_dict, refuse_finished_or_running
 from .fileio import atomic_write_text
 from .registry import create_model, get_model_entry
 from .schedule import SCHEDULES, LRSchedule
@@ -79,8 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--epochs", type=float, help="training length in epochs (instead of --max-iters)")
     optim.add_argument("--warmup-lr", type=float, help="learning rate during warm-up")
     optim.add_argument("--warmup-iters", type=int, default=0, help="fixed warm-up length")
-    optim.add_argument("--warmup-until-error", type=float, help="warm up until the training error (a fraction) is "
-                       "below this; recipe: 0.8 with lr 0.01 for CIFAR nets of 110+ layers (§4.2)")  # fmt: skip
+    optim.add_argument("--warmup-until-error", type=float, help="warm up until the training error (a fraction: 0.8 = "
+                       "80 %%) is below this; recipe: 0.8 with lr 0.01 for CIFAR nets of 110+ layers (§4.2); 0: no "
+                       "warm-up")  # fmt: skip
     model = parser.add_argument_group("model")
     model.add_argument("--shortcut", choices=("A", "B", "C", "none"), help="override the shortcut option")
     model.add_argument("--zero-init-residual", action="store_true")
@@ -127,9 +128,14 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     config["milestones"] = args.milestones
     config["warmup_iters"] = args.warmup_iters
     depth = int("".join(ch for ch in args.arch.split("_")[0] if ch.isdigit()) or 0)
-    config["warmup_until_error"] = args.warmup_until_error
-    if args.warmup_until_error is None and entry.family == "cifar" and depth >= 110:
-        config["warmup_until_error"] = 0.8  # §4.2: ResNet-110 (and 1202)
+    until = args.warmup_until_error
+    if until is not None and until != 0 and not 0 < until < 1:
+        raise SystemExit(f"--warmup-until-error is a fraction of the training error (0.8 = 80 %), got {until}")
+    if until and args.warmup_iters:
+        raise SystemExit("--warmup-iters and --warmup-until-error are two kinds of warm-up: give one")
+    if until is None and not args.warmup_iters and entry.family == "cifar" and depth >= 110:
+        until = 0.8  # §4.2: ResNet-110 (and 1202)
+    config["warmup_until_error"] = until or None  # 0: off
     config["warmup_lr"] = args.warmup_lr if args.warmup_lr is not None else (0.01 if config["warmup_until_error"] else None)
     config.update(arch=args.arch, family=entry.family, seed=args.seed, amp=args.amp, patience=args.patience,
                   data=str(args.data) if args.data else None)  # fmt: skip
@@ -194,6 +200,9 @@ def finish_schedule(config: dict[str, Any], batches_per_epoch: int) -> LRSchedul
         config["max_iters"] = max(1, math.ceil(config["max_iters_from_epochs"] * batches_per_epoch))
     if config["milestones"] is None:
         config["milestones"] = [round(f * config["max_iters"]) for f in config["milestone_fractions"]]
+    if config["schedule"] == "step" and not config["milestones"]:
+        raise SystemExit(f"--schedule step needs --milestones for {config['arch']} (its recipe lowers the lr on "
+                         "validation plateaus: --schedule plateau); a step schedule without steps never lowers it")  # fmt: skip
     return LRSchedule(config["lr"], config["schedule"], config["max_iters"], config["milestones"],
                       patience=config["patience"], warmup_iters=config["warmup_iters"], warmup_lr=config["warmup_lr"],
                       warmup_until_error=config["warmup_until_error"])  # fmt: skip
@@ -215,11 +224,16 @@ def main(argv: list[str] | None = None) -> int:
     ctx = init_distributed(args.device)
     torch.manual_seed(config["seed"])
     if args.deterministic:
-        torch.use_deterministic_algorithms(True)
+        torch.use_deterministic_algorithms(True, warn_only=True)  # CUDA avg-pool backward has no deterministic kernel
         torch.backends.cudnn.benchmark = False
     elif ctx.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     output = args.output or Path("runs") / f"{args.arch}-{config['dataset']}"
+    if not args.resume:
+        try:
+            refuse_finished_or_running(output)  # before config.json is written
+        except FileExistsError as error:
+            raise SystemExit(str(error)) from None
     try:
         data = build_data(config, ctx, args.data_on_device, args.workers, args.gpu_decode)
     except (FileNotFoundError, ValueError) as error:

@@ -21,7 +21,7 @@ from typing import Any, cast
 import torch
 
 from backbones.distributed import cleanup, init_distributed
-from backbones.engine import EngineConfig, Trainer, engine_config_dict
+from backbones.engine import EngineConfig, Trainer, engine_config_dict, refuse_finished_or_running
 from backbones.fileio import atomic_write_text
 from backbones.registry import get_model_entry
 from backbones.schedule import LRSchedule
@@ -121,7 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         test_name = TEST_FOR_TRAIN[args.dataset]
         if test_name:  # fail now, not after training, if the test set is missing or malformed
             evaluation_sets(test_name, args.data_root)
-    except (ValueError, FileNotFoundError) as error:
+        output = args.output or Path("runs") / f"det-{args.backbone}-{args.design}-{args.dataset}"
+        if not args.resume:
+            refuse_finished_or_running(output)  # before config.json is written
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
         raise SystemExit(f"error: {error}") from None
     ctx = init_distributed(args.device)
     torch.manual_seed(args.seed)
@@ -144,7 +147,6 @@ def main(argv: list[str] | None = None) -> int:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=config["lr"], momentum=args.momentum, weight_decay=args.weight_decay)
     schedule = LRSchedule(config["lr"], "step", config["max_iters"], config["steps"], warmup_iters=config["warmup_iters"])
-    output = args.output or Path("runs") / f"det-{args.backbone}-{args.design}-{args.dataset}"
     engine_config = EngineConfig(output, config["max_iters"], log_every=args.log_every,
                                  eval_every=args.eval_every or config["max_iters"], checkpoint_every=args.checkpoint_every,
                                  amp=args.amp, progress=not args.no_progress, monitor="none")  # fmt: skip

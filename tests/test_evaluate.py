@@ -43,6 +43,36 @@ def test_ensemble_averages_scores(trained_run, tmp_path):
     assert saved["top1_err"] == single["top1_err"] and saved["command"].startswith("python -m backbones.evaluate resnet20")
 
 
+def test_models_for_another_set_of_classes_are_refused(trained_run, tmp_path):
+    import shutil
+
+    from PIL import Image
+
+    renamed = tmp_path / "renamed"
+    shutil.copytree(trained_run, renamed)
+    config = json.loads((renamed / "config.json").read_text())
+    config["class_names"] = [f"other-{i}" for i in range(len(config["class_names"]))]
+    (renamed / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="predict different classes: an ensemble averages scores class by class"):
+        evaluate("resnet20", [str(trained_run), str(renamed)], "synthetic")
+    with pytest.raises(ValueError, match=r"trained on the classes \['other-0'.*not the same task"):
+        evaluate("resnet20", [str(renamed)], "synthetic")
+    # ImageNet layout: a val tree that lacks one of the model's classes would shift every later label
+    imagenet_run = tmp_path / "r18run"
+    imagenet_run.mkdir()
+    torch.manual_seed(0)
+    from backbones.weights import save_weights
+
+    save_weights(create_model("resnet18", num_classes=3), imagenet_run / "final.safetensors")
+    (imagenet_run / "config.json").write_text(json.dumps({"arch": "resnet18", "constructor": {},
+                                                          "class_names": ["n01", "n02", "n03"]}))  # fmt: skip
+    for name in ("n01", "n03"):
+        (tmp_path / "imagenet" / "val" / name).mkdir(parents=True)
+        Image.new("RGB", (64, 48)).save(tmp_path / "imagenet" / "val" / name / "0.JPEG")
+    with pytest.raises(ValueError, match=r"class folders do not match the expected 3 classes"):
+        evaluate("resnet18", [str(imagenet_run)], "imagenet", tmp_path / "imagenet")
+
+
 def test_zoo_add_records_the_evaluated_metric_and_loads_back(trained_run, tmp_path, monkeypatch):
     zoo = tmp_path / "weights" / "zoo.json"
     zoo.parent.mkdir()

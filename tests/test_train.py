@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from backbones.engine import read_checkpoint
+from backbones.train import build_parser, resolve_config
 from backbones.train import main as train_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,8 +104,10 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
 def test_existing_run_without_resume_is_refused_and_bad_checkpoints_are_explained(tmp_path):
     run = tmp_path / "run"
     train_main([*TINY, "--max-iters", "2", "--log-every", "1", "--output", str(run)])
+    config_before = (run / "config.json").read_text()
     with pytest.raises(SystemExit, match="exists: pass --resume"):
-        train_main([*TINY, "--max-iters", "2", "--output", str(run)])
+        train_main([*TINY, "--max-iters", "2", "--lr", "0.5", "--output", str(run)])
+    assert (run / "config.json").read_text() == config_before  # the refused run left the finished one alone
     checkpoint = run / "checkpoint.pt"
     data = checkpoint.read_bytes()
     checkpoint.write_bytes(data[: len(data) // 3])
@@ -121,7 +124,7 @@ def test_resume_refuses_a_checkpoint_of_another_architecture(tmp_path):
     run = tmp_path / "run"
     train_main([*TINY, "--max-iters", "1", "--output", str(run)])
     args = ["resnet32", *TINY[1:], "--max-iters", "2", "--output", str(run), "--resume"]
-    with pytest.raises(SystemExit, match="arch='resnet20'"):
+    with pytest.raises(SystemExit, match="another recipe \\(arch: 'resnet20' in the checkpoint, 'resnet32' now;"):
         train_main(args)
 
 
@@ -248,3 +251,35 @@ def test_without_a_progress_bar_the_log_reports_progress_eta_and_evaluations(tmp
                                                                   "iteration 6: evaluation: top1_err 12.5"]  # fmt: skip
     assert [format_duration(s) for s in (0.4, 59, 61, 3599, 3600, 7530)] == ["0s", "59s", "1m01s", "59m59s", "1h00m",
                                                                               "2h05m"]  # fmt: skip
+
+
+def test_resume_keeps_the_recipe_and_survives_a_torn_metrics_line(tmp_path, caplog):
+    run = tmp_path / "run"
+    train_main([*TINY, "--max-iters", "4", "--log-every", "1", "--checkpoint-every", "2", "--output", str(run)])
+    for changed, message in ((["--seed", "1"], "seed: 0 in the checkpoint, 1 now"),
+                             (["--batch-size", "8"], "batch_size: 16 in the checkpoint, 8 now"),
+                             (["--amp", "fp16"], "amp: 'none' in the checkpoint, 'fp16' now")):  # fmt: skip
+        with pytest.raises(SystemExit, match=re.escape(message)):
+            train_main([*TINY, "--max-iters", "4", *changed, "--output", str(run), "--resume"])
+    with (run / "metrics.jsonl").open("a") as handle:
+        handle.write('{"kind": "train", "iteration": 3, "lo')  # a crash in the middle of a write
+    # the same recipe resumes; how it runs (log interval, compile, channels_last) may change
+    train_main([*TINY, "--max-iters", "4", "--log-every", "2", "--channels-last", "--output", str(run), "--resume"])
+    assert "not a JSON record (torn by a crash?); dropped" in caplog.text
+    assert [r["iteration"] for r in _records(run, "train")] == [1, 2, 3, 4]
+
+
+def test_warm_up_and_schedule_flags_that_cannot_mean_what_was_asked_are_refused(tmp_path):
+    out = ["--output", str(tmp_path / "x")]
+    with pytest.raises(SystemExit, match=r"a fraction of the training error \(0.8 = 80 %\), got 80"):
+        train_main([*TINY, "--warmup-until-error", "80", *out])
+    with pytest.raises(SystemExit, match="two kinds of warm-up: give one"):
+        train_main([*TINY, "--warmup-until-error", "0.8", "--warmup-iters", "10", *out])
+    with pytest.raises(SystemExit, match="--schedule step needs --milestones for resnet18"):
+        train_main(["resnet18", "--dataset", "synthetic", "--schedule", "step", "--max-iters", "2", *out])
+    args = build_parser().parse_args(["resnet110", "--warmup-until-error", "0"])
+    assert resolve_config(args)["warmup_until_error"] is None and resolve_config(args)["warmup_lr"] is None  # 0: off
+    default = resolve_config(build_parser().parse_args(["resnet110"]))
+    assert default["warmup_until_error"] == 0.8 and default["warmup_lr"] == 0.01  # §4.2
+    fixed = resolve_config(build_parser().parse_args(["resnet110", "--warmup-iters", "400"]))
+    assert fixed["warmup_until_error"] is None and fixed["warmup_iters"] == 400

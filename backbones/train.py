@@ -44,6 +44,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 # Per-dataset changes to the recipe: Fashion-MNIST keeps its official 60k/10k split, and the
 # generated set trains for a minute on a CPU (the README quickstart).
 DATASET_OVERRIDES: dict[str, dict[str, Any]] = {
+    "cifar10": dict(val_split=5000),  # §4.2's 45k/5k split, whatever the net's family
     "fashion-mnist": dict(val_split=0),
     "synthetic": dict(val_split=0, max_iters=240, batch_size=64, eval_every=80),
 }
@@ -122,6 +123,12 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     for key in ("batch_size", "lr", "momentum", "weight_decay", "schedule", "val_split", "eval_every"):
         if getattr(args, key) is not None:
             config[key] = getattr(args, key)
+    if dataset == "imagenet" and args.val_split:
+        raise SystemExit("--val-split applies to the in-memory datasets; ImageNet has its own val/ folder")
+    if config["schedule"] == "plateau" and dataset not in ("imagenet", "synthetic") and not config["val_split"]:
+        raise SystemExit(f"--schedule plateau lowers the lr when the validation error stalls; on {dataset} with "
+                         "--val-split 0 that would be the test split. Hold out images with --val-split N, or use "
+                         "--schedule step or cosine")  # fmt: skip
     config["max_iters_from_epochs"] = args.epochs
     if args.max_iters is not None:
         config["max_iters"] = args.max_iters

@@ -283,3 +283,10 @@ def test_warm_up_and_schedule_flags_that_cannot_mean_what_was_asked_are_refused(
     assert default["warmup_until_error"] == 0.8 and default["warmup_lr"] == 0.01  # §4.2
     fixed = resolve_config(build_parser().parse_args(["resnet110", "--warmup-iters", "400"]))
     assert fixed["warmup_until_error"] is None and fixed["warmup_iters"] == 400
+    with pytest.raises(SystemExit, match="on fashion-mnist with --val-split 0 that would be the test split"):
+        resolve_config(build_parser().parse_args(["resnet18", "--dataset", "fashion-mnist"]))
+    held_out = resolve_config(build_parser().parse_args(["resnet18", "--dataset", "fashion-mnist", "--val-split", "5000"]))
+    assert held_out["schedule"] == "plateau" and held_out["val_split"] == 5000
+    assert resolve_config(build_parser().parse_args(["resnet18", "--dataset", "cifar10"]))["val_split"] == 5000  # §4.2
+    with pytest.raises(SystemExit, match="ImageNet has its own val/ folder"):
+        resolve_config(build_parser().parse_args(["resnet18", "--val-split", "100"]))

@@ -69,10 +69,10 @@ class EngineConfig:
             raise ValueError("max_iters, log_every and checkpoint_every must be positive")
 
 
+CHECKPOINT_NAME = "checkpoint.pt"
 # Run-config keys a resumed run may change: where the data lives, how many processes share the global
 # batch, how often it evaluates, and how it executes (EngineConfig: logging, compile, channels_last).
 # Everything else is the recipe, and a resumed run must keep it to stay the same run.
-CHECKPOINT_NAME = "checkpoint.pt"
 FREE_ON_RESUME = frozenset({"engine", "world_size", "data", "data_root", "eval_every"})
 
 

@@ -24,6 +24,13 @@ class DistContext:
     def enabled(self) -> bool:
         return self.world_size > 1
 
+    def per_process_batch(self, global_batch: int) -> int:
+        """Each process's share of the global batch (the paper's batch sizes are global)."""
+        if global_batch < 1 or global_batch % self.world_size:
+            raise ValueError(f"--batch-size {global_batch} is the global batch and must split evenly over "
+                             f"{self.world_size} processes: use a positive multiple of {self.world_size}")  # fmt: skip
+        return global_batch // self.world_size
+
 
 def pick_device(requested: str = "auto") -> torch.device:
     if requested == "auto":

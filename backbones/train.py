@@ -235,6 +235,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cudnn.benchmark = False
     elif ctx.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    try:
+        ctx.per_process_batch(config["batch_size"])
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
     output = args.output or Path("runs") / f"{args.arch}-{config['dataset']}"
     if not args.resume:
         try:

@@ -162,3 +162,15 @@ def test_warmup_until_training_error_drops_below_threshold():
     assert schedule.lr(401) == 0.1 and schedule.lr(600) == pytest.approx(0.01)
     fixed = LRSchedule(0.1, "step", 100, warmup_iters=10)
     assert fixed.lr(0) == pytest.approx(0.01) and fixed.lr(9) == pytest.approx(0.1) and fixed.lr(10) == 0.1
+
+
+def test_the_global_batch_must_split_evenly_over_processes():
+    from backbones.distributed import DistContext
+
+    assert DistContext(world_size=4).per_process_batch(256) == 64
+    assert DistContext().per_process_batch(128) == 128
+    with pytest.raises(ValueError, match=r"--batch-size 130 is the global batch and must split evenly over 4 processes: "
+                                         r"use a positive multiple of 4"):  # fmt: skip
+        DistContext(world_size=4).per_process_batch(130)
+    with pytest.raises(ValueError, match="--batch-size 0 is the global batch"):
+        DistContext().per_process_batch(0)

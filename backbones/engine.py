@@ -281,12 +281,23 @@ class Trainer:
         except ImportError:  # tensorboard is a dependency, but logging must never stop training
             log.warning("tensorboard is not installed; writing JSON-lines metrics only")
 
-    def _record(self, kind: str, values: dict[str, float]) -> None:
-        if not self.ctx.is_main:
-            return
+    def _append_record(self, kind: str, values: dict[str, Any]) -> None:
         record = {"kind": kind, "iteration": self.iteration, "time": round(time.time(), 3), **values}
         with open(self.metrics_path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
+
+    def _record_segment(self, resumed: bool) -> None:
+        """One ``segment`` record per start or resume: config.json keeps the first start's engine
+        settings, so this is where a long run shows how each of its parts was run."""
+        if self.ctx.is_main:
+            self._append_record("segment", {"resumed": resumed, "world_size": self.ctx.world_size,
+                                             "device": str(self.ctx.device), "torch": torch.__version__,
+                                             "engine": engine_config_dict(self.config)})  # fmt: skip
+
+    def _record(self, kind: str, values: dict[str, float]) -> None:
+        if not self.ctx.is_main:
+            return
+        self._append_record(kind, values)
         if self.tb is not None:
             for key, value in values.items():
                 if isinstance(value, (int, float)) and math.isfinite(value):
@@ -385,6 +396,7 @@ class Trainer:
         else:
             refuse_finished_or_running(self.config.output_dir)
         self._open_logs(resumed=resume)
+        self._record_segment(resumed=resume)
         batches_per_epoch = len(self.source)
         if batches_per_epoch == 0:
             raise ValueError("the training data yields no batches (fewer images than one batch?)")

@@ -267,6 +267,12 @@ def test_resume_keeps_the_recipe_and_survives_a_torn_metrics_line(tmp_path, capl
     train_main([*TINY, "--max-iters", "4", "--log-every", "2", "--channels-last", "--output", str(run), "--resume"])
     assert "not a JSON record (torn by a crash?); dropped" in caplog.text
     assert [r["iteration"] for r in _records(run, "train")] == [1, 2, 3, 4]
+    # each start and resume records how it ran (config.json keeps the first start's settings)
+    segments = _records(run, "segment")
+    assert [(s["iteration"], s["resumed"], s["engine"]["channels_last"], s["engine"]["log_every"]) for s in segments] \
+        == [(0, False, False, 1), (4, True, True, 2)]
+    assert segments[1]["world_size"] == 1 and segments[1]["torch"] == torch.__version__
+    assert json.loads((run / "config.json").read_text())["engine"]["channels_last"] is False
 
 
 def test_warm_up_and_schedule_flags_that_cannot_mean_what_was_asked_are_refused(tmp_path):

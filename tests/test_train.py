@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from backbones.engine import read_checkpoint
+from backbones.engine import cpu_description, read_checkpoint
 from backbones.train import build_parser, resolve_config
 from backbones.train import main as train_main
 
@@ -163,14 +163,30 @@ def test_imagenet_folder_training_through_the_cli(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
-def test_mixed_precision_and_channels_last_steps_run_and_stay_finite(tmp_path, amp):
+def test_mixed_precision_and_channels_last_steps_run_and_stay_finite(tmp_path, amp, caplog):
+    from backbones.engine import cpu_has_native_bf16
+
     run = tmp_path / amp
     train_main([*TINY, "--max-iters", "3", "--log-every", "1", "--amp", amp, "--channels-last", "--output", str(run)])
+    # bf16 on a CPU that only emulates it is named as the slow choice it is
+    assert ("is emulated and usually several times slower" in caplog.text) == (amp == "bf16" and not cpu_has_native_bf16())
     losses = [r["loss"] for r in _records(run, "train")]
     assert len(losses) == 3 and all(0 < loss < 10 for loss in losses)
     state = read_checkpoint(run / "checkpoint.pt")
     assert (state["scaler"].get("scale", 0) > 0) == (amp == "fp16")  # a grad scaler only for fp16
     assert all(v.dtype == torch.float32 for k, v in state["model"].items() if v.is_floating_point())
+
+
+def test_amp_warning_names_emulated_bf16_on_the_cpu_only():
+    from backbones.engine import amp_warning, cpu_description
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    message = amp_warning(cpu, "bf16", native_bf16=False)
+    assert message is not None and cpu_description() in message and "--amp none" in message
+    assert amp_warning(cpu, "bf16", native_bf16=True) is None
+    assert amp_warning(cpu, "none", native_bf16=False) is None and amp_warning(cpu, "fp16", native_bf16=False) is None
+    assert amp_warning(gpu, "bf16", native_bf16=False) is None
+    assert cpu_description().split(" + ")[0] == torch.backends.cpu.get_cpu_capability()
 
 
 class ToyBatches:
@@ -272,6 +288,7 @@ def test_resume_keeps_the_recipe_and_survives_a_torn_metrics_line(tmp_path, capl
     assert [(s["iteration"], s["resumed"], s["engine"]["channels_last"], s["engine"]["log_every"]) for s in segments] \
         == [(0, False, False, 1), (4, True, True, 2)]
     assert segments[1]["world_size"] == 1 and segments[1]["torch"] == torch.__version__
+    assert segments[1]["cpu"] == cpu_description()
     assert json.loads((run / "config.json").read_text())["engine"]["channels_last"] is False
 
 

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from backbones import create_model
 from backbones.classification import classification_step
 from backbones.distributed import DistContext
-from backbones.engine import EngineConfig, Trainer
+from backbones.engine import EngineConfig, Trainer, cpu_description
 from backbones.fileio import atomic_write_text
 from backbones.schedule import LRSchedule
 
@@ -76,23 +76,26 @@ def main(argv: list[str] | None = None) -> int:
     iters = args.iters or (20 if gpu else 2)
     if gpu:
         torch.backends.cudnn.benchmark = True
-    variants = [("eager fp32", "none", False), ("eager bf16", "bf16", False)]
+    # channels_last throughout, but for one NCHW row: which layout wins depends on the hardware
+    variants = [("eager fp32", "none", False, True), ("eager fp32 NCHW", "none", False, False),
+                ("eager bf16", "bf16", False, True)]  # fmt: skip
     if not args.no_compile:
-        variants += [("compiled fp32", "none", True), ("compiled bf16", "bf16", True)]
+        variants += [("compiled fp32", "none", True, True), ("compiled bf16", "bf16", True, True)]
     rows = []
-    for name, amp, compile_ in variants:
-        rate = measure(args.arch, batch, args.size, amp, compile_, True, device, warmup=3 if not compile_ else 5,
-                       iters=iters, repeats=args.repeats)  # fmt: skip
-        rows.append({"variant": name, "amp": amp, "compile": compile_, "channels_last": True, "images_per_s": round(rate, 1)})
-        print(f"  {name:<14} {rate:10.1f} images/s", flush=True)
+    for name, amp, compile_, channels_last in variants:
+        rate = measure(args.arch, batch, args.size, amp, compile_, channels_last, device,
+                       warmup=3 if not compile_ else 5, iters=iters, repeats=args.repeats)  # fmt: skip
+        rows.append({"variant": name, "amp": amp, "compile": compile_, "channels_last": channels_last,
+                     "images_per_s": round(rate, 1)})  # fmt: skip
+        print(f"  {name:<16} {rate:10.1f} images/s", flush=True)
     base = rows[0]["images_per_s"]
-    device_name = torch.cuda.get_device_name(device) if gpu else platform.processor() or platform.machine()
-    print(f"\n{args.arch} training step, batch {batch}, {args.size}x{args.size}, channels_last, on {device_name} "
+    device_name = torch.cuda.get_device_name(device) if gpu else f"{platform.machine()}, {cpu_description()}"
+    print(f"\n{args.arch} training step, batch {batch}, {args.size}x{args.size}, on {device_name} "
           f"(torch {torch.__version__}, {torch.get_num_threads()} CPU threads)")  # fmt: skip
-    print(f"{'variant':<14} {'images/s':>10} {'vs eager fp32':>14}")
+    print(f"{'variant':<16} {'images/s':>10} {'vs eager fp32':>14}")
     for row in rows:
         row["ratio"] = round(row["images_per_s"] / base, 3)
-        print(f"{row['variant']:<14} {row['images_per_s']:>10.1f} {row['ratio']:>13.2f}x")
+        print(f"{row['variant']:<16} {row['images_per_s']:>10.1f} {row['ratio']:>13.2f}x")
     result = {"arch": args.arch, "batch": batch, "size": args.size, "device": device_name, "torch": torch.__version__,
               "rows": rows}  # fmt: skip
     path = args.output / f"train_throughput_{args.arch}_{device.type}.json"

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--panel", nargs="+", action="append", metavar=("TITLE", "LABEL=DIR"),
                         help="a chart of its own: a title then runs; repeat for side-by-side charts (Fig. 6)")  # fmt: skip
     parser.add_argument("--output", required=True, help="PNG file to write")
-    parser.add_argument("--title", default="")
+    parser.add_argument("--title", default="", help="chart title (one chart; --panel titles its own)")
     parser.add_argument("--ymax", type=float, default=None, help="upper limit of the error axis (percent)")
     args = parser.parse_args(argv)
     panels = {title: _runs(items) for title, *items in (args.panel or [])}

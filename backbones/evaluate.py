@@ -153,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("arch", help="zoo model name")
     parser.add_argument("--weights", action="append", required=True,
                         help="zoo id, run directory, .safetensors or .pth; repeat to average an ensemble")  # fmt: skip
-    parser.add_argument("--dataset", choices=DATASETS, required=True)
+    parser.add_argument("--dataset", choices=DATASETS, required=True, help="test set: ImageNet val/, CIFAR-10 or "
+                        "Fashion-MNIST test (10k), or the generated set")  # fmt: skip
     parser.add_argument("--data", type=Path, help="dataset directory (ImageNet root, cifar-10-batches-py, Fashion-MNIST IDX)")
     parser.add_argument("--protocol", choices=PROTOCOLS, default="center", help="test protocol (ImageNet)")
     parser.add_argument("--batch-size", type=int, default=500, help="images per forward pass (default: 500)")

@@ -50,11 +50,34 @@ DATASET_OVERRIDES: dict[str, dict[str, Any]] = {
 }
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows a flag's default only where it has one: recipe-driven flags default to None, which
+    means 'the recipe', and their help says what the recipe's values are."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        has_default = action.default is not None and action.default is not False and action.default != argparse.SUPPRESS
+        if has_default and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+FAMILY_NAMES = {"imagenet": "ImageNet nets", "cifar": "CIFAR nets"}
+
+
+def _recipe(key: str) -> str:
+    """'recipe: X for ImageNet nets, Y for CIFAR nets', read from RECIPES so that --help cannot drift."""
+    values = {FAMILY_NAMES[family]: recipe[key] for family, recipe in RECIPES.items()}
+    if len(set(values.values())) == 1:
+        return f"recipe: {next(iter(values.values()))}"
+    return "recipe: " + ", ".join(f"{value} for {name}" for name, value in values.items())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m backbones.train",
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("arch", help="zoo model name (python -m backbones.summary lists them)")
     data = parser.add_argument_group("data")
@@ -68,36 +91,44 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--data-on-device", choices=("auto", "yes", "no"), default="auto",
                       help="keep small in-memory datasets (CIFAR, Fashion-MNIST) and their augmentation on the GPU")  # fmt: skip
     optim = parser.add_argument_group("optimisation (defaults: the paper's recipe for the model's family)")
-    optim.add_argument("--batch-size", type=int, help="global mini-batch size, split over processes")
-    optim.add_argument("--lr", type=float, help="initial learning rate")
-    optim.add_argument("--momentum", type=float)
-    optim.add_argument("--weight-decay", type=float)
+    optim.add_argument("--batch-size", type=int, help=f"global mini-batch size, split over processes ({_recipe('batch_size')})")
+    optim.add_argument("--lr", type=float, help=f"initial learning rate ({_recipe('lr')})")
+    optim.add_argument("--momentum", type=float, help=f"SGD momentum ({_recipe('momentum')})")
+    optim.add_argument("--weight-decay", type=float, help=f"L2 weight decay ({_recipe('weight_decay')})")
     optim.add_argument("--schedule", choices=SCHEDULES, help="step (÷10 at --milestones), plateau (÷10 when "
-                       "validation error stops improving, §3.4) or cosine")  # fmt: skip
-    optim.add_argument("--milestones", type=int, nargs="*", help="iterations where the step schedule divides lr by 10")
+                       f"validation error stops improving, §3.4) or cosine ({_recipe('schedule')})")  # fmt: skip
+    optim.add_argument("--milestones", type=int, nargs="*", help="iterations where the step schedule divides lr by 10 (recipe: 50 %% and 75 %% of the run for "
+                       "CIFAR nets, i.e. 32k and 48k of 64k)")
     optim.add_argument("--patience", type=int, default=3, help="plateau: evaluations without improvement before ÷10")
-    optim.add_argument("--max-iters", type=int, help="training length in iterations")
+    optim.add_argument("--max-iters", type=int, help=f"training length in iterations ({_recipe('max_iters')})")
     optim.add_argument("--epochs", type=float, help="training length in epochs (instead of --max-iters)")
-    optim.add_argument("--warmup-lr", type=float, help="learning rate during warm-up")
-    optim.add_argument("--warmup-iters", type=int, default=0, help="fixed warm-up length")
+    optim.add_argument("--warmup-lr", type=float, help="learning rate during warm-up (recipe: 0.01, §4.2)")
+    optim.add_argument("--warmup-iters", type=int, default=0, help="fixed warm-up length: iterations at --warmup-lr "
+                       "before the schedule starts")  # fmt: skip
     optim.add_argument("--warmup-until-error", type=float, help="warm up until the training error (a fraction: 0.8 = "
                        "80 %%) is below this; recipe: 0.8 with lr 0.01 for CIFAR nets of 110+ layers (§4.2); 0: no "
                        "warm-up")  # fmt: skip
     model = parser.add_argument_group("model")
-    model.add_argument("--shortcut", choices=("A", "B", "C", "none"), help="override the shortcut option")
-    model.add_argument("--zero-init-residual", action="store_true")
+    model.add_argument("--shortcut", choices=("A", "B", "C", "none"), help="override the shortcut option: A zero-padded identity, B projections "
+                       "where dimensions change, C projections everywhere, none a plain net")
+    model.add_argument("--zero-init-residual", action="store_true", help="start each residual branch's last BN at "
+                       "gamma 0 (Goyal et al. 2017; not in the paper)")  # fmt: skip
     model.add_argument("--sync-bn", action="store_true", help="synchronise BatchNorm statistics across processes")
     run = parser.add_argument_group("run")
     run.add_argument("--output", type=Path, help="run directory (default: runs/ARCH-DATASET)")
     run.add_argument("--resume", action="store_true", help="continue the run in --output from its checkpoint")
-    run.add_argument("--device", default="auto", help="auto, cpu, cuda")
-    run.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="mixed precision")
-    run.add_argument("--channels-last", action="store_true")
+    run.add_argument("--device", default="auto", help="auto (cuda when there is a GPU), cpu, cuda, cuda:N")
+    run.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="mixed precision autocast; "
+                     "fp16 adds a grad scaler. On a CPU, bf16 pays only with AVX512-BF16 or AMX")  # fmt: skip
+    run.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster with tensor cores "
+                     "and on most CPUs: benchmarks/train_throughput.py compares)")  # fmt: skip
     run.add_argument("--compile", action="store_true", help="torch.compile the model")
-    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--seed", type=int, default=0, help="seeds the initial weights, the data order and the "
+                     "augmentation")  # fmt: skip
     run.add_argument("--deterministic", action="store_true", help="deterministic kernels (slower)")
     run.add_argument("--log-every", type=int, default=50, help="iterations between logged training metrics")
-    run.add_argument("--eval-every", type=int, help="iterations between evaluations (0: every epoch)")
+    run.add_argument("--eval-every", type=int, help="iterations between evaluations (0: every epoch; recipe: 5000 for ImageNet nets, every epoch "
+                     "for CIFAR nets)")
     run.add_argument("--checkpoint-every", type=int, default=1000, help="iterations between checkpoints")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     return parser
@@ -228,7 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         raise SystemExit(str(error)) from None
     config = resolve_config(args)
-    ctx = init_distributed(args.device)
+    try:
+        ctx = init_distributed(args.device)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
     torch.manual_seed(config["seed"])
     if args.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)  # CUDA avg-pool backward has no deterministic kernel

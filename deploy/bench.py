@@ -564,7 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eager", metavar="ARCH[:WEIGHTS]", help="PyTorch eager baseline (no weights: random init); "
                         "for detectors the detection.train run directory")
     parser.add_argument("--batch", type=_int_list, default=[1, 8, 32], help="batch sizes (default 1,8,32)")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where every backend runs (default: cpu)")
     parser.add_argument("--threads", type=int, help="torch and onnxruntime intra-op threads (default: torch's current)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed calls per backend and batch size")
     parser.add_argument("--iters", type=int, default=30, help="timed calls per backend and batch size")

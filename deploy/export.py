@@ -390,10 +390,11 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--model", required=True, help="zoo architecture, e.g. resnet50 (backbones.list_models())")
     parser.add_argument("--weights", help="zoo id, run directory, .safetensors or .pth (omit: random init, testing only)")
-    parser.add_argument("--format", choices=list(BUILDERS), default="onnx")
-    parser.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32")
+    parser.add_argument("--format", choices=list(BUILDERS), default="onnx", help="artifact kind (default: onnx)")
+    parser.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32",
+                        help="fp16: aoti and tensorrt; int8: tensorrt, calibrated on --calibration-dir (default: fp32)")  # fmt: skip
     parser.add_argument("--dynamic-hw", action="store_true", help="also make height and width dynamic")
-    parser.add_argument("--opset", type=int, default=17)
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
     parser.add_argument("--output", type=Path, required=True, help="artifact path (.onnx, .engine/.plan, .pt2, .safetensors)")
     parser.add_argument("--device", choices=["cpu", "cuda"], help="aoti: device to compile for (default cpu)")
     parser.add_argument("--tolerance", type=float, help="relative error allowed (default: fp32 1e-4, fp16 2e-2, int8 1e-1); "
@@ -408,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     trt = parser.add_argument_group("tensorrt")
     trt.add_argument("--opt-batch", type=int, default=8, help="profile batch TensorRT tunes for (and calibrates with)")
     trt.add_argument("--max-batch", type=int, default=32, help="largest batch of the profile")
-    trt.add_argument("--workspace-gib", type=float, default=4.0)
+    trt.add_argument("--workspace-gib", type=float, default=4.0, help="builder workspace memory limit in GiB (default: 4)")
     trt.add_argument("--calibration-dir", type=Path, help="int8: folder of representative images (searched recursively)")
     trt.add_argument("--calibration-images", type=int, default=512, help="int8: use at most this many images")
     trt.add_argument("--calibration-cache", type=Path, help="default <output>.calibration.cache (reused when present)")

@@ -92,8 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m detection.compare", description=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("runs", nargs="+", type=Path, help="detection.train run directories, one row each")
-    parser.add_argument("--dataset", choices=TEST_DATASETS, required=True)
-    parser.add_argument("--data-root", type=Path, required=True)
+    parser.add_argument("--dataset", choices=TEST_DATASETS, required=True, help="test set the images come from")
+    parser.add_argument("--data-root", type=Path, required=True, help="its root (VOCdevkit, COCO root or fashion_det output)")
     parser.add_argument("--output", type=Path, required=True, help="the PNG to write")
     parser.add_argument("--images", type=int, default=6, help="test images (columns), from the first")
     parser.add_argument("--threshold", type=float, default=0.5, help="draw detections scoring at least this")

@@ -120,17 +120,18 @@ def score_precomputed(dataset: str, root: Path, detections: Path, metric: Metric
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m detection.eval", description=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--backbone", required=True)
+    parser.add_argument("--backbone", required=True, help="zoo model name of the detector's backbone, e.g. resnet101")
     parser.add_argument("--weights", type=Path, help="detection.train run directory (or its final.safetensors)")
     parser.add_argument("--detections", type=Path, help="score these precomputed results instead of running a model")
-    parser.add_argument("--dataset", choices=TEST_DATASETS, required=True)
-    parser.add_argument("--data-root", type=Path, required=True)
+    parser.add_argument("--dataset", choices=TEST_DATASETS, required=True, help="test set to score on")
+    parser.add_argument("--data-root", type=Path, required=True,
+                        help="VOCdevkit (VOC), the COCO root (annotations/, val2017/), or a fashion_det output")  # fmt: skip
     parser.add_argument("--metric", choices=METRICS, help="VOC metric (default: voc07 on VOC07 test, voc12 otherwise)")
     parser.add_argument("--output", type=Path, help="where result files and pictures go (default: RUN/eval-DATASET)")
     parser.add_argument("--json", type=Path, help="write the numbers (percent) as JSON")
     parser.add_argument("--visualize", type=int, default=0, metavar="N", help="write N annotated PNGs")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--device", default="auto", help="auto (cuda when there is a GPU), cpu, cuda, cuda:N (default: auto)")
+    parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default: 4)")
     return parser
 
 

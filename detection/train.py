@@ -45,29 +45,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backbone-weights", help="zoo id, .safetensors, or a torchvision-format ImageNet .pth")
     parser.add_argument("--design", choices=DESIGNS, default="c4", help="c4: the paper's; fpn: feature pyramid")
     parser.add_argument("--freeze-at", type=int, default=2, help="0 nothing, 1 stem, k stem + first k-1 stages")
-    parser.add_argument("--dataset", choices=TRAIN_DATASETS, required=True)
+    parser.add_argument("--dataset", choices=TRAIN_DATASETS, required=True, help="training set; its recipe sets the "
+                        "defaults (voc07+12 trains on VOC07+12 trainval and tests on VOC07 test)")  # fmt: skip
     parser.add_argument("--data-root", type=Path, required=True,
                         help="VOCdevkit (VOC), the COCO root (annotations/, train2017/), or a fashion_det output")  # fmt: skip
     parser.add_argument("--skip-bad-annotations", action="store_true", help="skip (and count) bad objects/images")
     parser.add_argument("--images-per-batch", type=int, help="global batch in images (recipe: VOC 1, COCO 8)")
     parser.add_argument("--lr", type=float, help="base learning rate (default: the recipe's, scaled to the batch)")
     parser.add_argument("--steps", type=int, nargs="*", help="iterations where lr is divided by 10")
-    parser.add_argument("--max-iters", type=int)
-    parser.add_argument("--warmup-iters", type=int)
-    parser.add_argument("--momentum", type=float, default=0.9)
-    parser.add_argument("--weight-decay", type=float, default=1e-4)
+    parser.add_argument("--max-iters", type=int, help="training length (default: the recipe's, scaled to the batch; "
+                        "a shorter run keeps the recipe's lr steps at the same fractions)")  # fmt: skip
+    parser.add_argument("--warmup-iters", type=int, help="linear lr warm-up length (default: the recipe's)")
+    parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    parser.add_argument("--weight-decay", type=float, default=1e-4, help="L2 weight decay")
     parser.add_argument("--min-size", type=int, help="shorter image side (paper: 600)")
     parser.add_argument("--max-size", type=int, help="longest image side (paper: 1000)")
     parser.add_argument("--output", type=Path, help="run directory (default runs/det-BACKBONE-DESIGN-DATASET)")
-    parser.add_argument("--resume", action="store_true")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--log-every", type=int, default=20)
-    parser.add_argument("--checkpoint-every", type=int, default=500)
+    parser.add_argument("--resume", action="store_true", help="continue the run in --output from its checkpoint")
+    parser.add_argument("--device", default="auto", help="auto (cuda when there is a GPU), cpu, cuda, cuda:N")
+    parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
+                        help="mixed precision autocast; fp16 adds a grad scaler")  # fmt: skip
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding images")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the new layers' initial weights, the data order and the flips")
+    parser.add_argument("--log-every", type=int, default=20, help="iterations between logged training metrics")
+    parser.add_argument("--checkpoint-every", type=int, default=500, help="iterations between checkpoints")
     parser.add_argument("--eval-every", type=int, help="iterations between test-set evaluations (default: at the end)")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     return parser
 
 
@@ -126,7 +129,10 @@ def main(argv: list[str] | None = None) -> int:
             refuse_finished_or_running(output)  # before config.json is written
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         raise SystemExit(f"error: {error}") from None
-    ctx = init_distributed(args.device)
+    try:
+        ctx = init_distributed(args.device)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
     torch.manual_seed(args.seed)
     info = cast(BackboneInfo, model.backbone_info)  # set by build_faster_rcnn; Module.__getattr__ types it loosely
     channels = info.in_chans

@@ -135,6 +135,19 @@ def test_unknown_architecture_and_missing_data_are_clear_errors(tmp_path):
         train_main(["resnet20", "--dataset", "cifar10", "--output", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="missing train-images-idx3-ubyte"):
         train_main(["resnet20", "--dataset", "fashion-mnist", "--data", str(tmp_path), "--output", str(tmp_path / "y")])
+    with pytest.raises(SystemExit, match=re.escape("--device 'gpu' is not a device: use auto, cpu, cuda or cuda:N")):
+        train_main(["resnet20", "--dataset", "synthetic", "--device", "gpu", "--output", str(tmp_path / "z")])
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="--device cuda was asked for, but no CUDA GPU is available"):
+            train_main(["resnet20", "--dataset", "synthetic", "--device", "cuda", "--output", str(tmp_path / "z")])
+    assert not (tmp_path / "z").exists()  # nothing is written before the arguments are known to be good
+
+
+def test_help_states_the_recipe_values_and_only_real_defaults():
+    text = " ".join(build_parser().format_help().split())  # unwrapped
+    assert "(recipe: 256 for ImageNet nets, 128 for CIFAR nets)" in text and "(recipe: 0.1)" in text
+    assert "(default: None)" not in text and "(default: False)" not in text
+    assert "(default: 0)" in text  # --seed: a real default is still shown
 
 
 def test_imagenet_folder_training_through_the_cli(tmp_path, capsys):

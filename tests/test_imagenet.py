@@ -9,8 +9,10 @@ import pytest
 import torch
 from PIL import Image
 from torch import nn
+from torchvision.transforms.v2 import functional as F
 
 from backbones.imagenet import (
+    IMAGENET_MEAN,
     IMAGENET_PCA_EIGVAL,
     IMAGENET_PCA_EIGVEC,
     IMAGENET_STD,
@@ -25,6 +27,8 @@ from backbones.imagenet import (
     pca_lighting,
     predict_image,
     protocol_views,
+    resized_crop,
+    resized_size,
     sample_generator,
     ten_crop_views,
 )
@@ -197,6 +201,30 @@ def test_uint8_tensors_take_the_same_random_crops_as_pil_images(train_set):
         from_tensor = TrainAugment()(tensor, sample_generator(0, 0, index))
         assert from_tensor.shape == (3, 224, 224) and (from_tensor - from_pil).abs().mean() < 0.01
     assert (CenterCrop()(tensor) - CenterCrop()(image)).abs().mean() < 0.01
+
+
+@pytest.mark.parametrize("size", [(375, 500), (500, 333), (200, 150), (256, 256)])
+def test_resampling_only_the_crop_equals_resize_then_crop(size):
+    """TrainAugment and CenterCrop resample just the crop's box of a PIL image: the pixels of
+    torchvision's resize-then-crop within 2 of 255 levels (rounding between PIL's two passes)."""
+    height, width = size
+    rng = np.random.default_rng(height)
+    coarse = Image.fromarray(rng.integers(0, 256, (height // 20 + 2, width // 20 + 2, 3), dtype=np.uint8))
+    photo = np.asarray(coarse.resize((width, height), Image.BICUBIC), dtype=np.int16)
+    image = Image.fromarray(np.clip(photo + rng.integers(-12, 13, photo.shape), 0, 255).astype(np.uint8))
+    for shorter in (224, 256, 311, 480):
+        resized = F.resize(image, [shorter], antialias=True)
+        assert resized_size((height, width), shorter) == (resized.height, resized.width)
+        bottom, right = resized.height - 224, resized.width - 224
+        for top, left in ((0, 0), (bottom, right), (min(7, bottom), min(13, right))):
+            expected = np.asarray(F.crop(resized, top, left, 224, 224), dtype=np.int16)
+            got = np.asarray(resized_crop(image, (resized.height, resized.width), top, left, 224), dtype=np.int16)
+            assert got.shape == (224, 224, 3)
+            assert np.abs(got - expected).max() <= 2 and np.abs(got - expected).mean() < 0.3  # of 255 levels
+    reference = F.center_crop(F.resize(image, [256], antialias=True), [224, 224])
+    expected = F.normalize(F.to_dtype(F.pil_to_tensor(reference), torch.float32, scale=True),
+                           list(IMAGENET_MEAN), list(IMAGENET_STD))  # fmt: skip
+    assert (CenterCrop()(image) - expected).abs().max() < 2.01 / 255 / min(IMAGENET_STD)
 
 
 def test_scale_range_and_crop_are_checked():

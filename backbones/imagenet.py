@@ -15,7 +15,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -163,9 +163,12 @@ def pca_lighting(x: torch.Tensor, alpha: torch.Tensor, eigval: Sequence[float] =
     return x + shift[..., None, None]
 
 
+def _to_uint8(image: ImageLike) -> torch.Tensor:
+    return F.pil_to_tensor(image) if isinstance(image, Image.Image) else image
+
+
 def _to_float(image: ImageLike) -> torch.Tensor:
-    tensor = F.pil_to_tensor(image) if isinstance(image, Image.Image) else image
-    return F.to_dtype(tensor, torch.float32, scale=True)
+    return F.to_dtype(_to_uint8(image), torch.float32, scale=True)
 
 
 def resized_size(size: Sequence[int], shorter_side: int) -> tuple[int, int]:
@@ -223,30 +226,46 @@ class TrainAugment:
             image = F.horizontal_flip(image)
         return image
 
-    def __call__(self, image: ImageLike, generator: torch.Generator) -> torch.Tensor:
-        x = _to_float(self.geometric(image, generator))
+    def crop(self, image: ImageLike, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The data worker's half: the scaled, cropped, flipped uint8 (3, crop, crop) pixels and the
+        lighting draw (3,). uint8 is a quarter of float32's bytes through the worker queue and the
+        host-to-GPU copy."""
+        pixels = _to_uint8(self.geometric(image, generator))
+        alpha = self.alphastd * torch.randn(3, generator=generator) if self.alphastd > 0 else torch.zeros(3)
+        return pixels, alpha
+
+    def finish(self, pixels: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """The batch's half, on whatever device the pixels are on: float, PCA lighting, normalisation
+        of uint8 (..., 3, H, W) with the draws (..., 3)."""
+        x = F.to_dtype(pixels, torch.float32, scale=True)
         if self.alphastd > 0:
-            x = pca_lighting(x, self.alphastd * torch.randn(3, generator=generator))
+            x = pca_lighting(x, alpha)
         return F.normalize(x, list(self.mean), list(self.std))
+
+    def __call__(self, image: ImageLike, generator: torch.Generator) -> torch.Tensor:
+        return self.finish(*self.crop(image, generator))
 
 
 @dataclass(frozen=True)
 class CenterCrop:
-    """The single-crop evaluation transform: shorter side to ``resize``, center ``crop_size`` crop."""
+    """The single-crop evaluation transform: shorter side to ``resize``, center ``crop_size`` crop.
+    ``crop`` and ``finish`` split it like :class:`TrainAugment`'s (the lighting draw is zeros)."""
 
     resize: int = 256
     crop_size: int = 224
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
 
-    def __call__(self, image: ImageLike, generator: torch.Generator | None = None) -> torch.Tensor:
+    def crop(self, image: ImageLike, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         height, width = resized_size(F.get_size(image), self.resize)
         top, left = round((height - self.crop_size) / 2.0), round((width - self.crop_size) / 2.0)
-        image = resized_crop(image, (height, width), top, left, self.crop_size)
-        return F.normalize(_to_float(image), list(self.mean), list(self.std))
+        return _to_uint8(resized_crop(image, (height, width), top, left, self.crop_size)), torch.zeros(3)
 
+    def finish(self, pixels: torch.Tensor, alpha: torch.Tensor | None = None) -> torch.Tensor:
+        return F.normalize(F.to_dtype(pixels, torch.float32, scale=True), list(self.mean), list(self.std))
 
-Transform = Callable[[ImageLike, torch.Generator], torch.Tensor]
+    def __call__(self, image: ImageLike, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.finish(*self.crop(image))
 
 
 # ---------------------------------------------------------------- test-time protocols
@@ -311,11 +330,12 @@ def predict_image(model: nn.Module, image: Image.Image, protocol: str = "10crop"
 # ---------------------------------------------------------------- batches
 @dataclass(frozen=True)
 class _Samples(Dataset):
-    """What the DataLoader workers run: key (epoch, index) -> augmented (image, label), the raw
-    bytes for GPU decoding (index, bytes, label), or None for an unreadable file."""
+    """What the DataLoader workers run: key (epoch, index) -> the transform's worker half
+    (uint8 pixels, lighting draw, label), the raw bytes for GPU decoding (index, bytes, label), or
+    None for an unreadable file."""
 
     dataset: ImageFolderDataset
-    transform: Transform
+    transform: TrainAugment | CenterCrop
     seed: int
     raw: bool = False
 
@@ -331,7 +351,7 @@ class _Samples(Dataset):
         if sample is None:
             return None
         image, label = sample
-        return self.transform(image, sample_generator(self.seed, epoch, index)), label
+        return *self.transform.crop(image, sample_generator(self.seed, epoch, index)), label
 
 
 @dataclass(frozen=True)
@@ -347,23 +367,28 @@ class _Collate:
         if self.raw:
             return kept, skipped
         if not kept:
-            return torch.empty((0, *self.image_shape)), torch.empty(0, dtype=torch.int64), skipped
-        images = torch.stack([image for image, _ in kept])
-        return images, torch.tensor([label for _, label in kept], dtype=torch.int64), skipped
+            return (torch.empty((0, *self.image_shape), dtype=torch.uint8), torch.empty(0, 3),
+                    torch.empty(0, dtype=torch.int64), skipped)  # fmt: skip
+        pixels = torch.stack([pixels for pixels, _, _ in kept])
+        alphas = torch.stack([alpha for _, alpha, _ in kept])
+        return pixels, alphas, torch.tensor([label for _, _, label in kept], dtype=torch.int64), skipped
 
 
 class ImageFolderBatches:
     """The BatchSource interface over an :class:`ImageFolderDataset`, loaded by a torch DataLoader.
 
     Training (``train=True``) shuffles, drops the last partial batch and applies :class:`TrainAugment`;
-    evaluation keeps the folder order and every sample, with :class:`CenterCrop`. ``gpu_decode``
-    reads raw bytes in the workers and decodes (nvJPEG) and augments on the current CUDA device.
+    evaluation keeps the folder order and every sample, with :class:`CenterCrop`. The workers decode,
+    scale, crop and flip, and pass uint8 crops; lighting and normalisation run batched on ``device``
+    (pass the training device: the host-to-GPU copy is then uint8 too). ``gpu_decode`` reads raw
+    bytes in the workers and decodes (nvJPEG) and augments on the current CUDA device.
     """
 
     def __init__(self, dataset: ImageFolderDataset, batch_size: int, *, train: bool = True,
                  transform: TrainAugment | CenterCrop | None = None, seed: int = 0, rank: int = 0,
                  world_size: int = 1, num_workers: int = 0, shuffle: bool | None = None,
-                 drop_last: bool | None = None, gpu_decode: bool = False) -> None:  # fmt: skip
+                 drop_last: bool | None = None, gpu_decode: bool = False,
+                 device: torch.device | str = "cpu") -> None:  # fmt: skip
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need batch_size >= 1 and 0 <= rank < world_size, got {batch_size}, {rank}, {world_size}")
         if batch_size % world_size:
@@ -375,7 +400,7 @@ class ImageFolderBatches:
         if gpu_decode and not torch.cuda.is_available():
             raise ValueError("gpu_decode=True needs a CUDA device, and torch.cuda.is_available() is False")
         self.dataset, self.batch_size, self.rank, self.world_size = dataset, batch_size, rank, world_size
-        self.seed, self.gpu_decode = seed, gpu_decode
+        self.seed, self.gpu_decode, self.device = seed, gpu_decode, torch.device(device)
         self.transform: TrainAugment | CenterCrop = transform or (TrainAugment() if train else CenterCrop())
         self.plan = EpochPlan(len(dataset), batch_size, shuffle=train if shuffle is None else shuffle,
                               drop_last=drop_last, seed=seed, rank=rank, world_size=world_size)  # fmt: skip
@@ -385,7 +410,7 @@ class ImageFolderBatches:
             batch_sampler=self.plan,
             collate_fn=_Collate((3, self.transform.crop_size, self.transform.crop_size), raw=gpu_decode),
             num_workers=num_workers,
-            pin_memory=torch.cuda.is_available() and not gpu_decode,
+            pin_memory=self.device.type == "cuda" and not gpu_decode,
             persistent_workers=num_workers > 0,
         )
 
@@ -407,7 +432,8 @@ class ImageFolderBatches:
                 images, labels, unreadable = self._on_gpu(records, epoch)
                 skipped += unreadable
             else:
-                images, labels, skipped = batch
+                pixels, alphas, labels, skipped = batch
+                images = self.transform.finish(pixels.to(self.device, non_blocking=True), alphas.to(self.device))
             self.skipped += skipped
             yield images, labels
 

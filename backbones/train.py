@@ -209,7 +209,7 @@ def build_data(config: dict[str, Any], ctx: DistContext, data_on_device: str, wo
 
         def folder_batches(dataset: ImageFolderDataset, train: bool) -> ImageFolderBatches:
             return ImageFolderBatches(dataset, batch, train=train, seed=seed, rank=ctx.rank, world_size=ctx.world_size,
-                                      num_workers=workers, gpu_decode=gpu_decode)  # fmt: skip
+                                      num_workers=workers, gpu_decode=gpu_decode, device=ctx.device)  # fmt: skip
 
         return Data(folder_batches(train_folder, True), folder_batches(val_folder, False),
                     None, train_folder.class_names, None, 3)  # fmt: skip

@@ -185,6 +185,27 @@ def test_augmentation_is_a_function_of_seed_epoch_and_index(train_set):
         assert not torch.equal(augment(image, other), first)
 
 
+def test_workers_send_uint8_crops_and_the_batch_is_finished_exactly_as_one_image_would_be(train_set):
+    """Lighting and normalisation run once per batch (on the training device) after the workers'
+    uint8 crops: the result is bit-identical to the per-image transform with the same draws."""
+    source = ImageFolderBatches(train_set, 4, seed=3, shuffle=False)
+    images, labels = next(source.batches(epoch=2))
+    expected = torch.stack([TrainAugment()(train_set[i][0], sample_generator(3, 2, i)) for i in range(4)])
+    torch.testing.assert_close(images, expected, rtol=0, atol=0)
+    assert labels.tolist() == [train_set[i][1] for i in range(4)]
+    pixels, alpha = TrainAugment().crop(train_set[0][0], sample_generator(3, 2, 0))
+    assert pixels.dtype == torch.uint8 and pixels.shape == (3, 224, 224) and alpha.shape == (3,)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="finishing batches on the GPU needs a CUDA device")
+def test_batches_are_finished_on_the_training_device(train_set, reference_epoch):
+    batches = _collect(ImageFolderBatches(train_set, 4, seed=3, device="cuda"), epoch=2)
+    assert all(x.is_cuda for x, _ in batches)
+    for (x, y), (x_ref, y_ref) in zip(batches, reference_epoch):
+        assert torch.equal(y, y_ref)
+        torch.testing.assert_close(x.cpu(), x_ref, rtol=0, atol=1e-5)
+
+
 def test_the_epoch_changes_each_samples_augmentation(train_set):
     source = ImageFolderBatches(train_set, 4, shuffle=False)
     (x0, y0), (x1, y1) = next(source.batches(0)), next(source.batches(1))

@@ -22,6 +22,7 @@ import torch
 
 from .augment import ArrayBatches, CropFlip, Preprocess
 from .classification import classification_step, evaluate_classifier
+from .cliargs import COUNT, MOMENTUM, NON_NEGATIVE, POSITIVE, POSITIVE_INT, DefaultsWhereTheyExist, number_in
 from .datasets import ArrayDataset, channel_stats, load_cifar10, load_fashion_mnist, make_synthetic, train_val_split
 from .distributed import DistContext, cleanup, init_distributed
 from .engine import EngineConfig, Trainer, engine_config_dict, refuse_finished_or_running
@@ -50,18 +51,6 @@ DATASET_OVERRIDES: dict[str, dict[str, Any]] = {
 }
 
 
-class _HelpFormatter(argparse.HelpFormatter):
-    """Shows a flag's default only where it has one: recipe-driven flags default to None, which
-    means 'the recipe', and their help says what the recipe's values are."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        has_default = action.default is not None and action.default is not False and action.default != argparse.SUPPRESS
-        if has_default and "%(default)" not in text:
-            text += " (default: %(default)s)"
-        return text
-
-
 FAMILY_NAMES = {"imagenet": "ImageNet nets", "cifar": "CIFAR nets"}
 
 
@@ -77,35 +66,36 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m backbones.train",
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
-        formatter_class=_HelpFormatter,
+        formatter_class=DefaultsWhereTheyExist,
     )
     parser.add_argument("arch", help="zoo model name (python -m backbones.summary lists them)")
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", choices=DATASETS, help="default: imagenet for ImageNet nets, cifar10 for CIFAR nets")
     data.add_argument("--data", type=Path, help="dataset directory (ImageNet train/ and val/, cifar-10-batches-py, "
                       "or Fashion-MNIST IDX files; default for Fashion-MNIST: /usr/share/datasets/fashion-mnist)")  # fmt: skip
-    data.add_argument("--val-split", type=int, help="hold out this many training images for validation; 0 = "
+    data.add_argument("--val-split", type=COUNT, help="hold out this many training images for validation; 0 = "
                       "validate on the test split (recipe: 5000 on CIFAR-10, as §4.2's 45k/5k)")  # fmt: skip
-    data.add_argument("--workers", type=int, default=8, help="DataLoader workers (ImageNet)")
+    data.add_argument("--workers", type=COUNT, default=8, help="DataLoader workers (ImageNet)")
     data.add_argument("--gpu-decode", action="store_true", help="decode ImageNet JPEGs on the GPU (torchvision.io)")
     data.add_argument("--data-on-device", choices=("auto", "yes", "no"), default="auto",
                       help="keep small in-memory datasets (CIFAR, Fashion-MNIST) and their augmentation on the GPU")  # fmt: skip
     optim = parser.add_argument_group("optimisation (defaults: the paper's recipe for the model's family)")
-    optim.add_argument("--batch-size", type=int, help=f"global mini-batch size, split over processes ({_recipe('batch_size')})")
-    optim.add_argument("--lr", type=float, help=f"initial learning rate ({_recipe('lr')})")
-    optim.add_argument("--momentum", type=float, help=f"SGD momentum ({_recipe('momentum')})")
-    optim.add_argument("--weight-decay", type=float, help=f"L2 weight decay ({_recipe('weight_decay')})")
+    optim.add_argument("--batch-size", type=POSITIVE_INT, help=f"global mini-batch size, split over processes ({_recipe('batch_size')})")
+    optim.add_argument("--lr", type=POSITIVE, help=f"initial learning rate ({_recipe('lr')})")
+    optim.add_argument("--momentum", type=MOMENTUM, help=f"SGD momentum ({_recipe('momentum')})")
+    optim.add_argument("--weight-decay", type=NON_NEGATIVE, help=f"L2 weight decay ({_recipe('weight_decay')})")
     optim.add_argument("--schedule", choices=SCHEDULES, help="step (÷10 at --milestones), plateau (÷10 when "
                        f"validation error stops improving, §3.4) or cosine ({_recipe('schedule')})")  # fmt: skip
-    optim.add_argument("--milestones", type=int, nargs="*", help="iterations where the step schedule divides lr by 10 (recipe: 50 %% and 75 %% of the run for "
+    optim.add_argument("--milestones", type=POSITIVE_INT, nargs="*", help="iterations where the step schedule divides lr by 10 (recipe: 50 %% and 75 %% of the run for "
                        "CIFAR nets, i.e. 32k and 48k of 64k)")
-    optim.add_argument("--patience", type=int, default=3, help="plateau: evaluations without improvement before ÷10")
-    optim.add_argument("--max-iters", type=int, help=f"training length in iterations ({_recipe('max_iters')})")
-    optim.add_argument("--epochs", type=float, help="training length in epochs (instead of --max-iters)")
-    optim.add_argument("--warmup-lr", type=float, help="learning rate during warm-up (recipe: 0.01, §4.2)")
-    optim.add_argument("--warmup-iters", type=int, default=0, help="fixed warm-up length: iterations at --warmup-lr "
+    optim.add_argument("--patience", type=POSITIVE_INT, default=3, help="plateau: evaluations without improvement before ÷10")
+    length = optim.add_mutually_exclusive_group()
+    length.add_argument("--max-iters", type=POSITIVE_INT, help=f"training length in iterations ({_recipe('max_iters')})")
+    length.add_argument("--epochs", type=POSITIVE, help="training length in epochs (instead of --max-iters)")
+    optim.add_argument("--warmup-lr", type=POSITIVE, help="learning rate during warm-up (recipe: 0.01, §4.2)")
+    optim.add_argument("--warmup-iters", type=COUNT, default=0, help="fixed warm-up length: iterations at --warmup-lr "
                        "before the schedule starts")  # fmt: skip
-    optim.add_argument("--warmup-until-error", type=float, help="warm up until the training error (a fraction: 0.8 = "
+    optim.add_argument("--warmup-until-error", type=number_in(float, 0, 1, high_open=True, hint=" (a fraction: 0.8 = 80 %)"), help="warm up until the training error (a fraction: 0.8 = "
                        "80 %%) is below this; recipe: 0.8 with lr 0.01 for CIFAR nets of 110+ layers (§4.2); 0: no "
                        "warm-up")  # fmt: skip
     model = parser.add_argument_group("model")
@@ -123,13 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster with tensor cores "
                      "and on most CPUs: benchmarks/train_throughput.py compares)")  # fmt: skip
     run.add_argument("--compile", action="store_true", help="torch.compile the model")
-    run.add_argument("--seed", type=int, default=0, help="seeds the initial weights, the data order and the "
+    run.add_argument("--seed", type=COUNT, default=0, help="seeds the initial weights, the data order and the "
                      "augmentation")  # fmt: skip
     run.add_argument("--deterministic", action="store_true", help="deterministic kernels (slower)")
-    run.add_argument("--log-every", type=int, default=50, help="iterations between logged training metrics")
-    run.add_argument("--eval-every", type=int, help="iterations between evaluations (0: every epoch; recipe: 5000 for ImageNet nets, every epoch "
+    run.add_argument("--log-every", type=POSITIVE_INT, default=50, help="iterations between logged training metrics")
+    run.add_argument("--eval-every", type=COUNT, help="iterations between evaluations (0: every epoch; recipe: 5000 for ImageNet nets, every epoch "
                      "for CIFAR nets)")
-    run.add_argument("--checkpoint-every", type=int, default=1000, help="iterations between checkpoints")
+    run.add_argument("--checkpoint-every", type=POSITIVE_INT, default=1000, help="iterations between checkpoints")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     return parser
 
@@ -167,8 +157,6 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     config["warmup_iters"] = args.warmup_iters
     depth = int("".join(ch for ch in args.arch.split("_")[0] if ch.isdigit()) or 0)
     until = args.warmup_until_error
-    if until is not None and until != 0 and not 0 < until < 1:
-        raise SystemExit(f"--warmup-until-error is a fraction of the training error (0.8 = 80 %), got {until}")
     if until and args.warmup_iters:
         raise SystemExit("--warmup-iters and --warmup-until-error are two kinds of warm-up: give one")
     if until is None and not args.warmup_iters and entry.family == "cifar" and depth >= 110:
@@ -236,8 +224,13 @@ def build_data(config: dict[str, Any], ctx: DistContext, data_on_device: str, wo
 def finish_schedule(config: dict[str, Any], batches_per_epoch: int) -> LRSchedule:
     if config["max_iters_from_epochs"] is not None:
         config["max_iters"] = max(1, math.ceil(config["max_iters_from_epochs"] * batches_per_epoch))
-    if config["milestones"] is None:
+    given = config["milestones"] is not None
+    if not given:
         config["milestones"] = [round(f * config["max_iters"]) for f in config["milestone_fractions"]]
+    outside = [m for m in config["milestones"] if m >= config["max_iters"]]
+    if config["schedule"] == "step" and given and outside:
+        raise SystemExit(f"--milestones {' '.join(map(str, outside))}: at or past the run's end (iteration "
+                         f"{config['max_iters']}), the lr would never drop there")  # fmt: skip
     if config["schedule"] == "step" and not config["milestones"]:
         raise SystemExit(f"--schedule step needs --milestones for {config['arch']} (its recipe lowers the lr on "
                          "validation plateaus: --schedule plateau); a step schedule without steps never lowers it")  # fmt: skip

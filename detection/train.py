@@ -20,7 +20,8 @@ from typing import Any, cast
 
 import torch
 
-from backbones.distributed import cleanup, init_distributed
+from backbones.cliargs import COUNT, MOMENTUM, NON_NEGATIVE, POSITIVE, POSITIVE_INT, DefaultsWhereTheyExist
+from backbones.distributed import cleanup, init_distributed, pick_device
 from backbones.engine import EngineConfig, Trainer, engine_config_dict, refuse_finished_or_running
 from backbones.fileio import atomic_write_text
 from backbones.registry import get_model_entry
@@ -40,36 +41,36 @@ MODEL_OPTIONS = ("min_size", "max_size", "anchor_sizes", "box_batch_size_per_ima
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m detection.train", description=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+                                     formatter_class=DefaultsWhereTheyExist)  # fmt: skip
     parser.add_argument("--backbone", required=True, help="zoo model name, e.g. resnet101, plain20")
     parser.add_argument("--backbone-weights", help="zoo id, .safetensors, or a torchvision-format ImageNet .pth")
     parser.add_argument("--design", choices=DESIGNS, default="c4", help="c4: the paper's; fpn: feature pyramid")
-    parser.add_argument("--freeze-at", type=int, default=2, help="0 nothing, 1 stem, k stem + first k-1 stages")
+    parser.add_argument("--freeze-at", type=COUNT, default=2, help="0 nothing, 1 stem, k stem + first k-1 stages")
     parser.add_argument("--dataset", choices=TRAIN_DATASETS, required=True, help="training set; its recipe sets the "
                         "defaults (voc07+12 trains on VOC07+12 trainval and tests on VOC07 test)")  # fmt: skip
     parser.add_argument("--data-root", type=Path, required=True,
                         help="VOCdevkit (VOC), the COCO root (annotations/, train2017/), or a fashion_det output")  # fmt: skip
     parser.add_argument("--skip-bad-annotations", action="store_true", help="skip (and count) bad objects/images")
-    parser.add_argument("--images-per-batch", type=int, help="global batch in images (recipe: VOC 1, COCO 8)")
-    parser.add_argument("--lr", type=float, help="base learning rate (default: the recipe's, scaled to the batch)")
-    parser.add_argument("--steps", type=int, nargs="*", help="iterations where lr is divided by 10")
-    parser.add_argument("--max-iters", type=int, help="training length (default: the recipe's, scaled to the batch; "
+    parser.add_argument("--images-per-batch", type=POSITIVE_INT, help="global batch in images (recipe: VOC 1, COCO 8)")
+    parser.add_argument("--lr", type=POSITIVE, help="base learning rate (default: the recipe's, scaled to the batch)")
+    parser.add_argument("--steps", type=POSITIVE_INT, nargs="*", help="iterations where lr is divided by 10")
+    parser.add_argument("--max-iters", type=POSITIVE_INT, help="training length (default: the recipe's, scaled to the batch; "
                         "a shorter run keeps the recipe's lr steps at the same fractions)")  # fmt: skip
-    parser.add_argument("--warmup-iters", type=int, help="linear lr warm-up length (default: the recipe's)")
-    parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    parser.add_argument("--weight-decay", type=float, default=1e-4, help="L2 weight decay")
-    parser.add_argument("--min-size", type=int, help="shorter image side (paper: 600)")
-    parser.add_argument("--max-size", type=int, help="longest image side (paper: 1000)")
+    parser.add_argument("--warmup-iters", type=COUNT, help="linear lr warm-up length (default: the recipe's)")
+    parser.add_argument("--momentum", type=MOMENTUM, default=0.9, help="SGD momentum")
+    parser.add_argument("--weight-decay", type=NON_NEGATIVE, default=1e-4, help="L2 weight decay")
+    parser.add_argument("--min-size", type=POSITIVE_INT, help="shorter image side (paper: 600)")
+    parser.add_argument("--max-size", type=POSITIVE_INT, help="longest image side (paper: 1000)")
     parser.add_argument("--output", type=Path, help="run directory (default runs/det-BACKBONE-DESIGN-DATASET)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --output from its checkpoint")
     parser.add_argument("--device", default="auto", help="auto (cuda when there is a GPU), cpu, cuda, cuda:N")
     parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
                         help="mixed precision autocast; fp16 adds a grad scaler")  # fmt: skip
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding images")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the new layers' initial weights, the data order and the flips")
-    parser.add_argument("--log-every", type=int, default=20, help="iterations between logged training metrics")
-    parser.add_argument("--checkpoint-every", type=int, default=500, help="iterations between checkpoints")
-    parser.add_argument("--eval-every", type=int, help="iterations between test-set evaluations (default: at the end)")
+    parser.add_argument("--workers", type=COUNT, default=2, help="DataLoader workers decoding images")
+    parser.add_argument("--seed", type=COUNT, default=0, help="seeds the new layers' initial weights, the data order and the flips")
+    parser.add_argument("--log-every", type=POSITIVE_INT, default=20, help="iterations between logged training metrics")
+    parser.add_argument("--checkpoint-every", type=POSITIVE_INT, default=500, help="iterations between checkpoints")
+    parser.add_argument("--eval-every", type=POSITIVE_INT, help="iterations between test-set evaluations (default: at the end)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     return parser
 
@@ -116,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         get_model_entry(args.backbone)
+        pick_device(args.device)  # a bad --device fails now, not after the data is read
         config = resolve_config(args)
         on_error: OnError = "skip" if args.skip_bad_annotations else "raise"
         train_set = training_set(args.dataset, args.data_root, on_error)

@@ -112,6 +112,21 @@ def test_eval_errors_are_clear(benchmark, tmp_path):
         train_main(["--backbone", "resnet20", "--dataset", "voc07+12", "--data-root", str(tmp_path)])
 
 
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--lr", "0"], "argument --lr: must be > 0, got 0"),
+    (["--images-per-batch", "0"], "argument --images-per-batch: must be > 0, got 0"),
+    (["--momentum", "1"], "argument --momentum: must lie in [0, 1), got 1"),
+    (["--max-iters", "-3"], "argument --max-iters: must be > 0, got -3"),
+    (["--device", "gpu"], "--device 'gpu' is not a device"),
+])  # fmt: skip
+def test_training_flags_out_of_range_are_refused_by_name(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["--backbone", "resnet20", "--dataset", "fashion-det", "--data-root", str(tmp_path), *flags,
+                    "--output", str(tmp_path / "run")])  # fmt: skip
+    assert message in f"{exit_info.value.code} {capsys.readouterr().err}"
+    assert not (tmp_path / "run").exists()
+
+
 def test_compare_draws_a_row_per_run_and_a_column_per_image(detector_run, benchmark, tmp_path, capsys):
     from PIL import Image
 

@@ -305,10 +305,31 @@ def test_resume_keeps_the_recipe_and_survives_a_torn_metrics_line(tmp_path, capl
     assert json.loads((run / "config.json").read_text())["engine"]["channels_last"] is False
 
 
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--lr", "-1"], "argument --lr: must be > 0, got -1"),
+    (["--lr", "abc"], "argument --lr: 'abc' is not a number"),
+    (["--batch-size", "0"], "argument --batch-size: must be > 0, got 0"),
+    (["--batch-size", "1.5"], "argument --batch-size: '1.5' is not an integer"),
+    (["--momentum", "1.5"], "argument --momentum: must lie in [0, 1), got 1.5"),
+    (["--weight-decay=-1e-4"], "argument --weight-decay: must be >= 0, got -1e-4"),
+    (["--max-iters", "0"], "argument --max-iters: must be > 0, got 0"),
+    (["--max-iters", "5", "--epochs", "1"], "argument --epochs: not allowed with argument --max-iters"),
+    (["--warmup-until-error", "80"], "argument --warmup-until-error: must lie in [0, 1) (a fraction: 0.8 = 80 %), got 80"),
+    (["--workers", "-1"], "argument --workers: must be >= 0, got -1"),
+    (["--eval-every", "-5"], "argument --eval-every: must be >= 0, got -5"),
+    (["--log-every", "0"], "argument --log-every: must be > 0, got 0"),
+])  # fmt: skip
+def test_out_of_range_flags_are_refused_by_name_before_anything_runs(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_info:
+        train_main([*TINY, *flags, "--output", str(tmp_path / "x")])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
 def test_warm_up_and_schedule_flags_that_cannot_mean_what_was_asked_are_refused(tmp_path):
     out = ["--output", str(tmp_path / "x")]
-    with pytest.raises(SystemExit, match=r"a fraction of the training error \(0.8 = 80 %\), got 80"):
-        train_main([*TINY, "--warmup-until-error", "80", *out])
+    with pytest.raises(SystemExit, match=r"--milestones 500 900: at or past the run's end \(iteration 400\)"):
+        train_main([*TINY, "--max-iters", "400", "--milestones", "100", "500", "900", *out])
     with pytest.raises(SystemExit, match="two kinds of warm-up: give one"):
         train_main([*TINY, "--warmup-until-error", "0.8", "--warmup-iters", "10", *out])
     with pytest.raises(SystemExit, match="--schedule step needs --milestones for resnet18"):

@@ -12,6 +12,7 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
+from .cliargs import POSITIVE
 from .fileio import atomic_path
 
 
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="a chart of its own: a title then runs; repeat for side-by-side charts (Fig. 6)")  # fmt: skip
     parser.add_argument("--output", required=True, help="PNG file to write")
     parser.add_argument("--title", default="", help="chart title (one chart; --panel titles its own)")
-    parser.add_argument("--ymax", type=float, default=None, help="upper limit of the error axis (percent)")
+    parser.add_argument("--ymax", type=POSITIVE, default=None, help="upper limit of the error axis (percent)")
     args = parser.parse_args(argv)
     panels = {title: _runs(items) for title, *items in (args.panel or [])}
     if args.runs:

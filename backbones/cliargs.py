@@ -35,6 +35,7 @@ COUNT = number_in(int, 0)  # zero allowed
 POSITIVE = number_in(float, 0, low_open=True)
 NON_NEGATIVE = number_in(float, 0)
 MOMENTUM = number_in(float, 0, 1, high_open=True)
+FRACTION = number_in(float, 0, 1)
 
 
 class DefaultsWhereTheyExist(argparse.HelpFormatter):

@@ -27,6 +27,7 @@ from torch import nn
 
 from .augment import Preprocess
 from .classification import topk_errors
+from .cliargs import POSITIVE_INT
 from .datasets import ArrayDataset, load_cifar10, load_fashion_mnist, make_synthetic
 from .distributed import pick_device
 from .fileio import atomic_write_text
@@ -157,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "Fashion-MNIST test (10k), or the generated set")  # fmt: skip
     parser.add_argument("--data", type=Path, help="dataset directory (ImageNet root, cifar-10-batches-py, Fashion-MNIST IDX)")
     parser.add_argument("--protocol", choices=PROTOCOLS, default="center", help="test protocol (ImageNet)")
-    parser.add_argument("--batch-size", type=int, default=500, help="images per forward pass (default: 500)")
+    parser.add_argument("--batch-size", type=POSITIVE_INT, default=500, help="images per forward pass (default: 500)")
     parser.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:N (default: auto)")
     parser.add_argument("--json", type=Path, help="also write the result as JSON")
     return parser

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from backbones.cliargs import COUNT, POSITIVE_INT
 from backbones.fileio import atomic_path, atomic_write_text
 
 from .backends import ArtifactLoadError, OnnxBackend, OnnxDetectionBackend, default_providers
@@ -552,9 +553,12 @@ def write_png(report: dict[str, Any], path: str | Path) -> None:
 # ---------------------------------------------------------------- CLI
 def _int_list(text: str) -> list[int]:
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
+        values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,8,32, got {text!r}") from None
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers like 1,8,32, got {text!r}")
+    return values
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -565,10 +569,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "for detectors the detection.train run directory")
     parser.add_argument("--batch", type=_int_list, default=[1, 8, 32], help="batch sizes (default 1,8,32)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where every backend runs (default: cpu)")
-    parser.add_argument("--threads", type=int, help="torch and onnxruntime intra-op threads (default: torch's current)")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed calls per backend and batch size")
-    parser.add_argument("--iters", type=int, default=30, help="timed calls per backend and batch size")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds the timed calls are split into")
+    parser.add_argument("--threads", type=POSITIVE_INT, help="torch and onnxruntime intra-op threads (default: torch's current)")
+    parser.add_argument("--warmup", type=COUNT, default=5, help="untimed calls per backend and batch size")
+    parser.add_argument("--iters", type=POSITIVE_INT, default=30, help="timed calls per backend and batch size")
+    parser.add_argument("--rounds", type=POSITIVE_INT, default=5, help="interleaved rounds the timed calls are split into")
     parser.add_argument("--providers", help="onnxruntime execution providers on cuda, comma-separated")
     parser.add_argument("--no-predict", action="store_true", help="skip the end-to-end predict() timing")
     parser.add_argument("--json", type=Path, help="write the report here")

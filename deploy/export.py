@@ -51,6 +51,7 @@ from typing import Any
 
 import torch
 
+from backbones.cliargs import FRACTION, POSITIVE, POSITIVE_INT
 from backbones.fileio import atomic_path, sha256_of
 
 from .backends import ArtifactLoadError
@@ -394,24 +395,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32",
                         help="fp16: aoti and tensorrt; int8: tensorrt, calibrated on --calibration-dir (default: fp32)")  # fmt: skip
     parser.add_argument("--dynamic-hw", action="store_true", help="also make height and width dynamic")
-    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+    parser.add_argument("--opset", type=POSITIVE_INT, default=17, help="ONNX opset (default: 17)")
     parser.add_argument("--output", type=Path, required=True, help="artifact path (.onnx, .engine/.plan, .pt2, .safetensors)")
     parser.add_argument("--device", choices=["cpu", "cuda"], help="aoti: device to compile for (default cpu)")
-    parser.add_argument("--tolerance", type=float, help="relative error allowed (default: fp32 1e-4, fp16 2e-2, int8 1e-1); "
+    parser.add_argument("--tolerance", type=POSITIVE, help="relative error allowed (default: fp32 1e-4, fp16 2e-2, int8 1e-1); "
                         "detectors: box error in pixels (default fp32 1, fp16 4)")
-    parser.add_argument("--top-k", type=int, default=5, help="default top-k in the sidecar's postprocessing")
+    parser.add_argument("--top-k", type=POSITIVE_INT, default=5, help="default top-k in the sidecar's postprocessing")
     det = parser.add_argument_group("detectors (--weights: a detection.train run directory; onnx, or tensorrt fp32/fp16)")
     det.add_argument("--detector", choices=["c4", "fpn"], help="export the run's Faster R-CNN (its design) instead of a classifier")
-    det.add_argument("--score-thresh", type=float, help="drop detections scoring below this in the graph (default: the run's, 0.05)")
-    det.add_argument("--detections-per-image", type=int, help="keep at most this many per image (default: the run's, 100)")
-    det.add_argument("--max-image-side", type=int, default=2048,
+    det.add_argument("--score-thresh", type=FRACTION, help="drop detections scoring below this in the graph (default: the run's, 0.05)")
+    det.add_argument("--detections-per-image", type=POSITIVE_INT, help="keep at most this many per image (default: the run's, 100)")
+    det.add_argument("--max-image-side", type=POSITIVE_INT, default=2048,
                      help="tensorrt: largest image height or width the engine accepts (its optimisation profile)")
     trt = parser.add_argument_group("tensorrt")
-    trt.add_argument("--opt-batch", type=int, default=8, help="profile batch TensorRT tunes for (and calibrates with)")
-    trt.add_argument("--max-batch", type=int, default=32, help="largest batch of the profile")
-    trt.add_argument("--workspace-gib", type=float, default=4.0, help="builder workspace memory limit in GiB (default: 4)")
+    trt.add_argument("--opt-batch", type=POSITIVE_INT, default=8, help="profile batch TensorRT tunes for (and calibrates with)")
+    trt.add_argument("--max-batch", type=POSITIVE_INT, default=32, help="largest batch of the profile")
+    trt.add_argument("--workspace-gib", type=POSITIVE, default=4.0, help="builder workspace memory limit in GiB (default: 4)")
     trt.add_argument("--calibration-dir", type=Path, help="int8: folder of representative images (searched recursively)")
-    trt.add_argument("--calibration-images", type=int, default=512, help="int8: use at most this many images")
+    trt.add_argument("--calibration-images", type=POSITIVE_INT, default=512, help="int8: use at most this many images")
     trt.add_argument("--calibration-cache", type=Path, help="default <output>.calibration.cache (reused when present)")
     trt.add_argument("--timing-cache", type=Path, help="default <output>.timing.cache (reused when present)")
     return parser

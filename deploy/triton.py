@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backbones.cliargs import COUNT, POSITIVE_INT
 from backbones.fileio import atomic_path, atomic_write_text
 
 from .sidecar import SidecarError, read_sidecar, sidecar_path, validate
@@ -344,11 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("artifact", type=Path, help="an ONNX (.onnx) or TensorRT (.engine/.plan) artifact with its sidecar")
     parser.add_argument("--repository", type=Path, required=True, help="the Triton model repository folder")
     parser.add_argument("--name", help="model name (default: the artifact's file name without suffix)")
-    parser.add_argument("--max-batch", type=int, help=f"max_batch_size (0: no batching; default {DEFAULT_MAX_BATCH}, "
+    parser.add_argument("--max-batch", type=COUNT, help=f"max_batch_size (0: no batching; default {DEFAULT_MAX_BATCH}, "
                         "detectors 0: one image of any size per request)")
-    parser.add_argument("--instances", type=int, default=1, help="model instances (per GPU for GPU instances)")
+    parser.add_argument("--instances", type=POSITIVE_INT, default=1, help="model instances (per GPU for GPU instances)")
     parser.add_argument("--preferred-batch", type=_batch_list, help="dynamic batching sizes (default 8,16 up to --max-batch)")
-    parser.add_argument("--max-queue-delay-us", type=int, default=100, help="dynamic batching queue delay (microseconds)")
+    parser.add_argument("--max-queue-delay-us", type=COUNT, default=100, help="dynamic batching queue delay (microseconds)")
     parser.add_argument("--kind", choices=list(KINDS), default="auto", help="instance kind (TensorRT: always gpu)")
     parser.add_argument("--force", action="store_true", help="replace an existing model folder")
     return parser

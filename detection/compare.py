@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from backbones.cliargs import FRACTION, POSITIVE_INT
 from backbones.fileio import atomic_path
 
 from .batches import to_model_input
@@ -95,9 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", choices=TEST_DATASETS, required=True, help="test set the images come from")
     parser.add_argument("--data-root", type=Path, required=True, help="its root (VOCdevkit, COCO root or fashion_det output)")
     parser.add_argument("--output", type=Path, required=True, help="the PNG to write")
-    parser.add_argument("--images", type=int, default=6, help="test images (columns), from the first")
-    parser.add_argument("--threshold", type=float, default=0.5, help="draw detections scoring at least this")
-    parser.add_argument("--scale", type=int, default=3, help="enlarge images this many times (small canvases)")
+    parser.add_argument("--images", type=POSITIVE_INT, default=6, help="test images (columns), from the first")
+    parser.add_argument("--threshold", type=FRACTION, default=0.5, help="draw detections scoring at least this")
+    parser.add_argument("--scale", type=POSITIVE_INT, default=3, help="enlarge images this many times (small canvases)")
     return parser
 
 

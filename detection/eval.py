@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from backbones.cliargs import COUNT, POSITIVE_INT
 from backbones.distributed import pick_device
 from backbones.fileio import atomic_path, atomic_write_text
 
@@ -129,9 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--metric", choices=METRICS, help="VOC metric (default: voc07 on VOC07 test, voc12 otherwise)")
     parser.add_argument("--output", type=Path, help="where result files and pictures go (default: RUN/eval-DATASET)")
     parser.add_argument("--json", type=Path, help="write the numbers (percent) as JSON")
-    parser.add_argument("--visualize", type=int, default=0, metavar="N", help="write N annotated PNGs")
+    parser.add_argument("--visualize", type=COUNT, default=0, metavar="N", help="write N annotated PNGs")
     parser.add_argument("--device", default="auto", help="auto (cuda when there is a GPU), cpu, cuda, cuda:N (default: auto)")
-    parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default: 4)")
+    parser.add_argument("--batch-size", type=POSITIVE_INT, default=4, help="images per forward pass (default: 4)")
     return parser
 
 

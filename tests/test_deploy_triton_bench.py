@@ -12,8 +12,8 @@ import torch
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
 
 from backbones.fileio import sha256_of
+from deploy.bench import BenchError, BenchOptions, round_sizes, run_bench, time_interleaved
 from deploy.bench import main as bench_main
-from deploy.bench import round_sizes, time_interleaved
 from deploy.export import export_model
 from deploy.sidecar import SidecarError, sidecar_path, validate
 from deploy.triton import TritonError, TritonOptions, write_model
@@ -301,7 +301,7 @@ def test_bench_onnx_vs_eager(r20, tmp_path, capsys, keep_threads):
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out_png.stat().st_size > 10_000
 
 
-def test_bench_errors(r20, tmp_path, keep_threads):
+def test_bench_errors(r20, tmp_path, keep_threads, capsys):
     with pytest.raises(SystemExit, match="error: artifact not found: .*nothing.onnx"):
         bench_main([str(tmp_path / "nothing.onnx"), "--eager", "resnet20"])
     lonely = tmp_path / "m.onnx"
@@ -313,5 +313,9 @@ def test_bench_errors(r20, tmp_path, keep_threads):
     with pytest.raises(SystemExit, match=r"error: the backends take different inputs \(eager-fp32: 3x224, onnx-fp32: 3x32\)"):
         with pytest.warns(UserWarning, match="is a resnet20, the eager baseline a resnet18: the ratios compare different"):
             bench_main([str(r20), "--eager", "resnet18"])
-    with pytest.raises(SystemExit, match="error: --batch needs positive batch sizes"):
+    with pytest.raises(SystemExit) as exit_info:
         bench_main([str(r20), "--eager", "resnet20", "--batch", "0"])
+    assert exit_info.value.code == 2
+    assert "argument --batch: expected comma-separated positive integers like 1,8,32, got '0'" in capsys.readouterr().err
+    with pytest.raises(BenchError, match="--batch needs positive batch sizes"):  # the API checks too
+        run_bench(BenchOptions(artifacts=[r20], batches=[0]))

@@ -88,7 +88,7 @@ def _runs(items: list[str]) -> dict[str, str]:
     return runs
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m backbones.analysis",
                                      description="Plot training (dashed) and test (bold) error of runs against iterations.")  # fmt: skip
     parser.add_argument("runs", nargs="*", help="run directories (with metrics.jsonl), optionally LABEL=DIR")
@@ -97,6 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", required=True, help="PNG file to write")
     parser.add_argument("--title", default="", help="chart title (one chart; --panel titles its own)")
     parser.add_argument("--ymax", type=POSITIVE, default=None, help="upper limit of the error axis (percent)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     panels = {title: _runs(items) for title, *items in (args.panel or [])}
     if args.runs:

@@ -87,7 +87,7 @@ def format_table(rows: list[ModelSummary]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m backbones.summary",
         description="Weighted layers, parameters and multiply-add GFLOPs of every zoo model at its native "
@@ -96,6 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     parser.add_argument("--models", default="*", help="glob of model names (default: all), e.g. 'resnet*'")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     names = list_models(args.models)
     if not names:

@@ -63,7 +63,7 @@ def add_run(run_dir: Path, zoo_id: str, zoo: Path | None = None, device: str = "
     return record
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m backbones.zoo", description=__doc__.split("\n\n", 1)[1])
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="the zoo's weights and their measured metrics")
@@ -73,7 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     add.add_argument("--id", required=True, help="zoo id, e.g. resnet20_fashion_mnist; becomes weights/ID.safetensors")
     add.add_argument("--device", default="auto", help="where the test-set evaluation runs: auto (cuda if present), "
                      "cpu, cuda, cuda:N (default: auto)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.command == "list":
         for record in read_zoo().values():
             print(f"{record.id:<28} {record.arch:<10} {record.dataset:<14} top-1 err {record.metrics.get('top1_err')}%  "

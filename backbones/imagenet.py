@@ -185,9 +185,9 @@ def resized_crop(image: ImageLike, resized: tuple[int, int], top: int, left: int
 
     For a PIL image it resamples only that square, through the matching box of the original: PIL
     reads the filter's support outside the box, so the pixels are resize-then-crop's within 2 of 255
-    levels (PIL rounds between its two passes, whose order may differ), at a quarter of the cost at
-    ImageNet sizes, where the §3.4 scale augmentation dominated a data worker's time. Tensors (the
-    GPU-decoding path) are resized whole, then cropped."""
+    levels (PIL rounds between its two passes, whose order may differ), about 3x faster at ImageNet
+    sizes (benchmarks/data_throughput.py), where the §3.4 scale augmentation dominated a data
+    worker's time. Tensors (the GPU-decoding path) are resized whole, then cropped."""
     if isinstance(image, Image.Image):
         scale_y, scale_x = image.height / resized[0], image.width / resized[1]
         box = (left * scale_x, top * scale_y,
@@ -262,7 +262,7 @@ class CenterCrop:
         return _to_uint8(resized_crop(image, (height, width), top, left, self.crop_size)), torch.zeros(3)
 
     def finish(self, pixels: torch.Tensor, alpha: torch.Tensor | None = None) -> torch.Tensor:
-        return F.normalize(F.to_dtype(pixels, torch.float32, scale=True), list(self.mean), list(self.std))
+        return _normalised(pixels, self.mean, self.std)
 
     def __call__(self, image: ImageLike, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.finish(*self.crop(image))

@@ -80,27 +80,31 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--data-on-device", choices=("auto", "yes", "no"), default="auto",
                       help="keep small in-memory datasets (CIFAR, Fashion-MNIST) and their augmentation on the GPU")  # fmt: skip
     optim = parser.add_argument_group("optimisation (defaults: the paper's recipe for the model's family)")
-    optim.add_argument("--batch-size", type=POSITIVE_INT, help=f"global mini-batch size, split over processes ({_recipe('batch_size')})")
+    optim.add_argument("--batch-size", type=POSITIVE_INT,
+                       help=f"global mini-batch size, split over processes ({_recipe('batch_size')})")
     optim.add_argument("--lr", type=POSITIVE, help=f"initial learning rate ({_recipe('lr')})")
     optim.add_argument("--momentum", type=MOMENTUM, help=f"SGD momentum ({_recipe('momentum')})")
     optim.add_argument("--weight-decay", type=NON_NEGATIVE, help=f"L2 weight decay ({_recipe('weight_decay')})")
     optim.add_argument("--schedule", choices=SCHEDULES, help="step (÷10 at --milestones), plateau (÷10 when "
                        f"validation error stops improving, §3.4) or cosine ({_recipe('schedule')})")  # fmt: skip
-    optim.add_argument("--milestones", type=POSITIVE_INT, nargs="*", help="iterations where the step schedule divides lr by 10 (recipe: 50 %% and 75 %% of the run for "
-                       "CIFAR nets, i.e. 32k and 48k of 64k)")
-    optim.add_argument("--patience", type=POSITIVE_INT, default=3, help="plateau: evaluations without improvement before ÷10")
+    optim.add_argument("--milestones", type=POSITIVE_INT, nargs="*", help="iterations where the step schedule divides "
+                       "lr by 10 (recipe: 50 %% and 75 %% of the run for CIFAR nets, i.e. 32k and 48k of 64k)")  # fmt: skip
+    optim.add_argument("--patience", type=POSITIVE_INT, default=3,
+                       help="plateau: evaluations without improvement before ÷10")
     length = optim.add_mutually_exclusive_group()
-    length.add_argument("--max-iters", type=POSITIVE_INT, help=f"training length in iterations ({_recipe('max_iters')})")
+    length.add_argument("--max-iters", type=POSITIVE_INT,
+                        help=f"training length in iterations ({_recipe('max_iters')})")
     length.add_argument("--epochs", type=POSITIVE, help="training length in epochs (instead of --max-iters)")
     optim.add_argument("--warmup-lr", type=POSITIVE, help="learning rate during warm-up (recipe: 0.01, §4.2)")
     optim.add_argument("--warmup-iters", type=COUNT, default=0, help="fixed warm-up length: iterations at --warmup-lr "
                        "before the schedule starts")  # fmt: skip
-    optim.add_argument("--warmup-until-error", type=number_in(float, 0, 1, high_open=True, hint=" (a fraction: 0.8 = 80 %)"), help="warm up until the training error (a fraction: 0.8 = "
-                       "80 %%) is below this; recipe: 0.8 with lr 0.01 for CIFAR nets of 110+ layers (§4.2); 0: no "
-                       "warm-up")  # fmt: skip
+    error_fraction = number_in(float, 0, 1, high_open=True, hint=" (a fraction: 0.8 = 80 %)")
+    optim.add_argument("--warmup-until-error", type=error_fraction, help="warm up until the training error (a "
+                       "fraction: 0.8 = 80 %%) is below this; recipe: 0.8 with lr 0.01 for CIFAR nets of 110+ layers "
+                       "(§4.2); 0: no warm-up")  # fmt: skip
     model = parser.add_argument_group("model")
-    model.add_argument("--shortcut", choices=("A", "B", "C", "none"), help="override the shortcut option: A zero-padded identity, B projections "
-                       "where dimensions change, C projections everywhere, none a plain net")
+    model.add_argument("--shortcut", choices=("A", "B", "C", "none"), help="override the shortcut option: A zero-padded "
+                       "identity, B projections where dimensions change, C projections everywhere, none a plain net")  # fmt: skip
     model.add_argument("--zero-init-residual", action="store_true", help="start each residual branch's last BN at "
                        "gamma 0 (Goyal et al. 2017; not in the paper)")  # fmt: skip
     model.add_argument("--sync-bn", action="store_true", help="synchronise BatchNorm statistics across processes")
@@ -117,8 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "augmentation")  # fmt: skip
     run.add_argument("--deterministic", action="store_true", help="deterministic kernels (slower)")
     run.add_argument("--log-every", type=POSITIVE_INT, default=50, help="iterations between logged training metrics")
-    run.add_argument("--eval-every", type=COUNT, help="iterations between evaluations (0: every epoch; recipe: 5000 for ImageNet nets, every epoch "
-                     "for CIFAR nets)")
+    run.add_argument("--eval-every", type=COUNT, help="iterations between evaluations (0: every epoch; recipe: 5000 for "
+                     "ImageNet nets, every epoch for CIFAR nets)")  # fmt: skip
     run.add_argument("--checkpoint-every", type=POSITIVE_INT, default=1000, help="iterations between checkpoints")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     return parser

@@ -21,6 +21,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from torchvision.transforms.v2 import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from backbones.cliargs import COUNT, POSITIVE_INT
 from backbones.engine import cpu_description
 from backbones.fileio import atomic_write_text
 from backbones.imagenet import ImageFolderBatches, ImageFolderDataset, TrainAugment, decode_image
@@ -62,7 +64,7 @@ def resize_then_crop(augment: TrainAugment, image: Image.Image, generator: torch
     return F.crop(image, top, left, augment.crop_size, augment.crop_size)
 
 
-def images_per_s(run: callable, count: int, repeats: int) -> float:  # type: ignore[valid-type]
+def images_per_s(run: Callable[[], object], count: int, repeats: int) -> float:
     rates = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -87,12 +89,12 @@ def loader_rate(root: Path, batch: int, workers: int, gpu_decode: bool, repeats:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int, default=512, help="JPEGs to generate (default: 512)")
+    parser.add_argument("--images", type=POSITIVE_INT, default=512, help="JPEGs to generate (default: 512)")
     parser.add_argument("--size", default="500x375", help="their WIDTHxHEIGHT (default: 500x375, a typical ImageNet photo)")
-    parser.add_argument("--batch", type=int, default=64, help="loader batch size (default: 64)")
-    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2],
+    parser.add_argument("--batch", type=POSITIVE_INT, default=64, help="loader batch size (default: 64)")
+    parser.add_argument("--workers", type=COUNT, nargs="+", default=[0, 1, 2],
                         help="DataLoader worker counts to measure (default: 0 1 2; 0 = in the main process)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed epochs per variant; the median counts")
+    parser.add_argument("--repeats", type=POSITIVE_INT, default=3, help="timed epochs per variant; the median counts")
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results", help="JSON directory")
     args = parser.parse_args(argv)
     try:
@@ -108,14 +110,16 @@ def main(argv: list[str] | None = None) -> int:
         paths = write_folder(root, args.images, width, height)
         augment = TrainAugment()
         generator = torch.Generator().manual_seed(0)
-        decoded = [decode_image(path) for path in paths[:64]]
+        sample = paths[:64]
+        decoded = [decode_image(path) for path in sample]
+        n = len(sample)
         stages = {
-            "decode (PIL, RGB)": images_per_s(lambda: [decode_image(path) for path in paths[:64]], 64, args.repeats),
-            "augment (§3.4)": images_per_s(lambda: [augment(image, generator) for image in decoded], 64, args.repeats),
+            "decode (PIL, RGB)": images_per_s(lambda: [decode_image(path) for path in sample], n, args.repeats),
+            "augment (§3.4)": images_per_s(lambda: [augment(image, generator) for image in decoded], n, args.repeats),
             "scale+crop: resample the crop's box": images_per_s(
-                lambda: [augment.geometric(image, generator) for image in decoded], 64, args.repeats),
+                lambda: [augment.geometric(image, generator) for image in decoded], n, args.repeats),
             "scale+crop: resize whole, then crop": images_per_s(
-                lambda: [resize_then_crop(augment, image, generator) for image in decoded], 64, args.repeats),
+                lambda: [resize_then_crop(augment, image, generator) for image in decoded], n, args.repeats),
         }
         rows = []
         for workers in args.workers:

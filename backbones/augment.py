@@ -7,9 +7,9 @@ sees exactly the same augmented images as an uninterrupted single-process one.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -73,6 +73,102 @@ class CropFlip:
         return padded[batch, channel, rows, cols]
 
 
+ErasingFill = Literal["random", "mean"]
+ERASING_FILLS: tuple[str, ...] = ("random", "mean")
+
+
+@dataclass(frozen=True)
+class RandomErasing:
+    """Random Erasing (Zhong et al., 2017, Algorithm 1) on a normalised batch.
+
+    Each image, with probability ``p``, gets one rectangle replaced: its area a fraction of the
+    image drawn uniformly from ``area``, its aspect ratio (height / width) uniformly from ``aspect``,
+    ``h = round(sqrt(S_e * r_e))``, ``w = round(sqrt(S_e / r_e))``; a draw that does not fit
+    (``h >= H`` or ``w >= W``) is drawn again, up to ``attempts`` times (the authors' code: 100),
+    then the image is left as it is. The top-left corner is uniform over the positions where the
+    rectangle fits. ``fill="random"`` (the paper) gives every erased pixel a value drawn uniformly
+    from the pixel range [0, 1] (then normalised with ``mean``/``std``, as the batch was);
+    ``fill="mean"`` (the authors' Fashion-MNIST script) the dataset's per-channel mean, i.e. 0 after
+    normalisation. All draws come from the batch's generator, so a resumed run erases the same boxes.
+    """
+
+    p: float = 0.5
+    area: tuple[float, float] = (0.02, 0.4)
+    aspect: tuple[float, float] = (0.3, 1 / 0.3)
+    fill: ErasingFill = "random"
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    attempts: int = 100
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.p <= 1:
+            raise ValueError(f"random erasing probability must lie in [0, 1], got {self.p}")
+        if not 0 < self.area[0] <= self.area[1] <= 1:
+            raise ValueError(f"random erasing area must be fractions 0 < low <= high <= 1, got {self.area}")
+        if not 0 < self.aspect[0] <= self.aspect[1]:
+            raise ValueError(f"random erasing aspect ratios must be 0 < low <= high, got {self.aspect}")
+        if self.fill not in ERASING_FILLS:
+            raise ValueError(f"random erasing fill must be one of {ERASING_FILLS}, got {self.fill!r}")
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"random erasing: {len(self.mean)} means but {len(self.std)} stds")
+
+    def boxes(self, n: int, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
+        """(n, 4) int64 rows (top, left, h, w) on the CPU; h = w = 0 where the image is not erased."""
+        erase = torch.rand(n, generator=generator) < self.p
+        shape = (n, self.attempts)
+        areas = (self.area[0] + (self.area[1] - self.area[0]) * torch.rand(shape, generator=generator, dtype=torch.float64))
+        ratios = self.aspect[0] + (self.aspect[1] - self.aspect[0]) * torch.rand(shape, generator=generator,
+                                                                                dtype=torch.float64)  # fmt: skip
+        target = areas * (height * width)
+        h = torch.round(torch.sqrt(target * ratios)).long()
+        w = torch.round(torch.sqrt(target / ratios)).long()
+        fits = (h < height) & (w < width) & (h > 0) & (w > 0)
+        first = torch.where(fits.any(1), fits.float().argmax(1), -1)  # the first draw that fits
+        rows = torch.arange(n)
+        h, w = h[rows, first.clamp(min=0)], w[rows, first.clamp(min=0)]
+        keep = erase & (first >= 0)
+        h, w = torch.where(keep, h, 0), torch.where(keep, w, 0)
+        corner = torch.rand((n, 2), generator=generator, dtype=torch.float64)
+        top = (corner[:, 0] * (height - h + 1)).long().clamp(max=height - h)
+        left = (corner[:, 1] * (width - w + 1)).long().clamp(max=width - w)
+        return torch.stack([top, left, h, w], 1)
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        n, channels, height, width = x.shape
+        if len(self.mean) not in (1, channels):
+            raise ValueError(f"random erasing has statistics for {len(self.mean)} channels, the batch has {channels}")
+        boxes = self.boxes(n, height, width, generator)
+        if self.fill == "random":
+            pixels = torch.rand(x.shape, generator=generator).to(x.device, x.dtype)
+            mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+            std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+            values = (pixels - mean) / std
+        else:
+            values = torch.zeros_like(x)
+        boxes = boxes.to(x.device)
+        top, left, h, w = (boxes[:, i].view(n, 1, 1, 1) for i in range(4))
+        ys = torch.arange(height, device=x.device).view(1, 1, -1, 1)
+        xs = torch.arange(width, device=x.device).view(1, 1, 1, -1)
+        inside = (ys >= top) & (ys < top + h) & (xs >= left) & (xs < left + w)
+        return torch.where(inside, values, x)
+
+
+class BatchAugment(Protocol):
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class Chain:
+    """Batch augmentations applied in order, all drawing from the batch's one generator."""
+
+    steps: Sequence[BatchAugment]
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        for step in self.steps:
+            x = step(x, generator)
+        return x
+
+
 @dataclass
 class ArrayBatches:
     """Batches of an in-memory dataset: a seeded permutation per epoch, split over processes.
@@ -84,7 +180,7 @@ class ArrayBatches:
     dataset: ArrayDataset
     batch_size: int
     preprocess: Preprocess
-    augment: CropFlip | None = None
+    augment: BatchAugment | None = None
     shuffle: bool = True
     drop_last: bool = True
     seed: int = 0

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .augment import ArrayBatches, CropFlip, Preprocess
+from .augment import ERASING_FILLS, ArrayBatches, Chain, CropFlip, Preprocess, RandomErasing
 from .classification import classification_step, evaluate_classifier
 from .cliargs import COUNT, MOMENTUM, NON_NEGATIVE, POSITIVE, POSITIVE_INT, DefaultsWhereTheyExist, number_in
 from .datasets import ArrayDataset, channel_stats, load_cifar10, load_fashion_mnist, make_synthetic, train_val_split
@@ -102,6 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--warmup-until-error", type=error_fraction, help="warm up until the training error (a "
                        "fraction: 0.8 = 80 %%) is below this; recipe: 0.8 with lr 0.01 for CIFAR nets of 110+ layers "
                        "(§4.2); 0: no warm-up")  # fmt: skip
+    probability = number_in(float, 0, 1)
+    optim.add_argument("--random-erasing", type=probability, default=0.0, metavar="P",
+                       help="Random Erasing (Zhong et al. 2017) after crop + flip: erase one box (area 2-40 %% of the "
+                       "image, aspect 0.3-3.33) with probability P; 0: off, as the paper; the authors use 0.5")  # fmt: skip
+    optim.add_argument("--erasing-fill", choices=ERASING_FILLS, default="random",
+                       help="erased pixels: random values (the Random Erasing paper) or the dataset mean (the "
+                       "authors' Fashion-MNIST script)")  # fmt: skip
     model = parser.add_argument_group("model")
     model.add_argument("--shortcut", choices=("A", "B", "C", "none"), help="override the shortcut option: A zero-padded "
                        "identity, B projections where dimensions change, C projections everywhere, none a plain net")  # fmt: skip
@@ -167,8 +174,12 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
         until = 0.8  # §4.2: ResNet-110 (and 1202)
     config["warmup_until_error"] = until or None  # 0: off
     config["warmup_lr"] = args.warmup_lr if args.warmup_lr is not None else (0.01 if config["warmup_until_error"] else None)
+    if args.random_erasing and dataset == "imagenet":
+        raise SystemExit("--random-erasing is a batch augmentation of the in-memory datasets (CIFAR-10, "
+                         "Fashion-MNIST); the ImageNet pipeline does not apply it")  # fmt: skip
     config.update(arch=args.arch, family=entry.family, seed=args.seed, amp=args.amp, patience=args.patience,
-                  data=str(args.data) if args.data else None)  # fmt: skip
+                  data=str(args.data) if args.data else None, random_erasing=args.random_erasing,
+                  erasing_fill=args.erasing_fill if args.random_erasing else None)  # fmt: skip
     constructor: dict[str, Any] = {}
     if args.shortcut:
         constructor["shortcut"] = args.shortcut
@@ -187,6 +198,16 @@ def load_array_data(config: dict[str, Any]) -> tuple[ArrayDataset, ArrayDataset]
             raise SystemExit("CIFAR-10 needs --data DIR (the cifar-10-batches-py directory or its parent)")
         return load_cifar10(root, "train"), load_cifar10(root, "test")
     return make_synthetic("train", seed=config["seed"]), make_synthetic("test", seed=config["seed"])
+
+
+def train_augmentation(config: dict[str, Any], preprocess: Preprocess) -> CropFlip | Chain:
+    """§4.2's pad-4 crop + flip, then Random Erasing where the run asks for it."""
+    crop_flip = CropFlip(4)
+    if not config.get("random_erasing"):
+        return crop_flip
+    erasing = RandomErasing(config["random_erasing"], fill=config["erasing_fill"], mean=preprocess.mean,
+                            std=preprocess.std)  # fmt: skip
+    return Chain((crop_flip, erasing))
 
 
 def build_data(config: dict[str, Any], ctx: DistContext, data_on_device: str, workers: int, gpu_decode: bool) -> Data:
@@ -217,8 +238,10 @@ def build_data(config: dict[str, Any], ctx: DistContext, data_on_device: str, wo
     size = max(32, train_set.images.shape[-1])
     preprocess = Preprocess(size, train_set.channels, tuple(mean), tuple(std), pad_to=size)
 
+    augment = train_augmentation(config, preprocess)
+
     def source(dataset: ArrayDataset, train: bool) -> ArrayBatches:
-        return ArrayBatches(dataset, batch, preprocess, CropFlip(4) if train else None, shuffle=train,
+        return ArrayBatches(dataset, batch, preprocess, augment if train else None, shuffle=train,
                             drop_last=train, seed=seed, rank=ctx.rank, world_size=ctx.world_size)  # fmt: skip
 
     test = source(test_set, False) if config["val_split"] else None

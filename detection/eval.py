@@ -2,7 +2,11 @@
 detector and print the paper's Table 7 (VOC mAP) or Table 8 (COCO mAP@.5, mAP@[.5,.95]) layout
 with the paper's numbers beside the measured ones.
 
-* ``--weights``: a ``detection.train`` run directory (or its ``final.safetensors``).
+* ``--weights``: a ``detection.train`` run directory (or its ``final.safetensors``), or a torchvision
+  Faster R-CNN checkpoint (``fasterrcnn_resnet50_fpn`` / ``_v2`` .pth state dict, recognised by its
+  keys; a file with a config.json beside it is taken as a run's), run with torchvision's sizes
+  (800/1333) and thresholds; its labels are COCO category ids, so it is scored on ``--dataset coco``
+  and the results JSON carries those ids.
 * ``--detections PATH`` scores precomputed results with no model, like the devkit and the COCO
   evaluation server: a directory of ``comp4_det_<split>_<class>.txt`` files (VOC) or a COCO
   results JSON.
@@ -47,11 +51,23 @@ def load_run(weights: Path) -> tuple[dict[str, Any], Path]:
     return config, weights if weights.is_file() else run / "final.safetensors"
 
 
+def is_run_weights(weights: Path) -> bool:
+    """A run directory, or a file with a run's config.json beside it (else: a torchvision checkpoint?)."""
+    return weights.is_dir() or (weights.parent / "config.json").is_file()
+
+
 def load_detector(backbone: str, weights: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """(model in eval mode, config) of a detection.train run or a torchvision Faster R-CNN checkpoint."""
     from backbones.weights import check_state_dict, load_state_dict_file
 
     from .train import build_detector
 
+    if not weights.exists():
+        raise FileNotFoundError(f"{weights}: no such run directory or checkpoint file")
+    if weights.is_file() and not is_run_weights(weights):
+        from .torchvision_checkpoints import load_torchvision_detector
+
+        return load_torchvision_detector(weights, backbone=backbone)
     config, file = load_run(weights)
     if config["backbone"] != backbone:
         raise ValueError(f"{weights}: the run trained a {config['backbone']} detector, not {backbone}")
@@ -118,17 +134,37 @@ def score_precomputed(dataset: str, root: Path, detections: Path, metric: Metric
     return {"coco": evaluate_coco(sets["coco"].evaluation_ground_truth(), detections)}
 
 
+def detector_categories(config: dict[str, Any], weights: Path, dataset: str) -> list[tuple[int, str]] | None:
+    """(category id, name) per label for a detector whose labels are category ids; None for a run's detector.
+    Refuses a test set such a detector cannot be scored on."""
+    if "torchvision" not in config:
+        return None
+    name = config["torchvision"]["checkpoint"]
+    if "category_ids" not in config:
+        raise ValueError(f"{weights}: a torchvision {name} checkpoint with {config['torchvision']['num_classes']} "
+                         "outputs, whose classes are not recorded (a COCO one has 91); a detection.train run needs "
+                         "its config.json beside its weights")  # fmt: skip
+    if dataset != "coco":
+        raise ValueError(f"{weights}: a torchvision {name} COCO detector (its labels are COCO category ids) is scored "
+                         f"on --dataset coco, not {dataset}; to detect {dataset}'s classes, fine-tune it: "
+                         f"python -m detection.train --init {weights} --dataset {dataset} ...")  # fmt: skip
+    return list(zip(config["category_ids"], config["class_names"]))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m detection.eval", description=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--backbone", required=True, help="zoo model name of the detector's backbone, e.g. resnet101")
-    parser.add_argument("--weights", type=Path, help="detection.train run directory (or its final.safetensors)")
+    parser.add_argument("--backbone", help="zoo model name of the detector's backbone, e.g. resnet101 (required with "
+                        "--weights; with --detections it only labels the table)")  # fmt: skip
+    parser.add_argument("--weights", type=Path, help="detection.train run directory (or its final.safetensors), or a "
+                        "torchvision Faster R-CNN checkpoint (fasterrcnn_resnet50_fpn or _v2 .pth)")  # fmt: skip
     parser.add_argument("--detections", type=Path, help="score these precomputed results instead of running a model")
     parser.add_argument("--dataset", choices=TEST_DATASETS, required=True, help="test set to score on")
     parser.add_argument("--data-root", type=Path, required=True,
                         help="VOCdevkit (VOC), the COCO root (annotations/, val2017/), or a fashion_det output")  # fmt: skip
     parser.add_argument("--metric", choices=METRICS, help="VOC metric (default: voc07 on VOC07 test, voc12 otherwise)")
-    parser.add_argument("--output", type=Path, help="where result files and pictures go (default: RUN/eval-DATASET)")
+    parser.add_argument("--output", type=Path, help="where result files and pictures go (default: RUN/eval-DATASET; "
+                        "for a torchvision checkpoint FILE: STEM-eval-DATASET beside it)")  # fmt: skip
     parser.add_argument("--json", type=Path, help="write the numbers (percent) as JSON")
     parser.add_argument("--visualize", type=COUNT, default=0, metavar="N", help="write N annotated PNGs")
     parser.add_argument("--device", default="auto", help="auto (cuda when there is a GPU), cpu, cuda, cuda:N (default: auto)")
@@ -140,22 +176,28 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if (args.weights is None) == (args.detections is None):
         raise SystemExit("error: give exactly one of --weights (run a model) or --detections (score results)")
+    if args.weights is not None and args.backbone is None:
+        raise SystemExit("error: --weights runs a model: give its --backbone too (e.g. --backbone resnet50)")
     metric = args.metric or default_metric(args.dataset)
-    label = f"{args.backbone} (this run)"
     try:
         if args.detections is not None:
             results = score_precomputed(args.dataset, args.data_root, args.detections, metric)
-            label = f"{args.backbone} ({args.detections.name})"
+            label = f"{args.backbone} ({args.detections.name})" if args.backbone else args.detections.name
         else:
             model, config = load_detector(args.backbone, args.weights)
+            categories = detector_categories(config, args.weights, args.dataset)
             device = pick_device(args.device)
             model.to(device)
-            run = args.weights if args.weights.is_dir() else args.weights.parent
-            output = args.output or run / f"eval-{args.dataset}"
-            label = f"{args.backbone} {config['design'].upper()} ({config['dataset']})"
+            if is_run_weights(args.weights):
+                run = args.weights if args.weights.is_dir() else args.weights.parent
+                output = args.output or run / f"eval-{args.dataset}"
+                label = f"{args.backbone} {config['design'].upper()} ({config['dataset']})"
+            else:
+                output = args.output or args.weights.with_name(f"{args.weights.stem}-eval-{args.dataset}")
+                label = f"torchvision {config['torchvision']['checkpoint']}"
             results, predictions, sets = evaluate_test_set(
                 model, args.dataset, args.data_root, channels=config["channels"], device=device, metric=metric,
-                results_dir=output, batch_size=args.batch_size, progress=True)  # fmt: skip
+                results_dir=output, batch_size=args.batch_size, progress=True, categories=categories)  # fmt: skip
             print(f"result files in {output}")
             if args.visualize:
                 pictures = visualize(predictions, next(iter(sets.values())), output / "pictures", args.visualize)

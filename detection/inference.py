@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,15 +86,61 @@ def score_coco(predictions: list[Prediction], dataset: Any, results_file: Path |
     return evaluate_coco(dataset.evaluation_ground_truth(), detections)
 
 
+def check_category_names(categories: Sequence[tuple[int, str]], dataset: Any) -> None:
+    """Every category of a COCO-layout ``dataset`` must have the detector's name for its id (else ValueError)."""
+    names = dict(categories)
+    for label, name in enumerate(dataset.class_names, start=1):
+        category_id = dataset.label_to_category_id[label]
+        if names.get(category_id) != name:
+            known = repr(names[category_id]) if category_id in names else "unknown"
+            raise ValueError(f"{dataset.annotation_file}: category id {category_id} is {name!r}, but to the detector "
+                             f"it is {known}: the detector predicts another dataset's categories")  # fmt: skip
+
+
+def to_dataset_labels(predictions: list[Prediction], categories: Sequence[tuple[int, str]],
+                      dataset: Any) -> tuple[list[Prediction], int]:  # fmt: skip
+    """Predictions of a detector whose label l predicts category ``categories[l - 1]`` = (category id, name),
+    in the labels 1..C of a COCO-layout ``dataset``, and the number of detections dropped.
+
+    Every category of the annotation file must have the detector's name for its id (else ValueError).
+    Detections of ids the file lacks (COCO's unused "N/A" ids, or categories a subset leaves out) are
+    dropped: pycocotools would ignore them too."""
+    check_category_names(categories, dataset)
+    to_label = np.zeros(len(categories) + 1, dtype=np.int64)  # 0: not a category of the dataset
+    for label, (category_id, _) in enumerate(categories, start=1):
+        to_label[label] = dataset.category_id_to_label.get(category_id, 0)
+    mapped, dropped = [], 0
+    for p in predictions:
+        labels = to_label[p.labels]
+        keep = labels > 0
+        dropped += int((~keep).sum())
+        mapped.append(Prediction(p.image_id, p.boxes[keep], p.scores[keep], labels[keep]))
+    return mapped, dropped
+
+
 def evaluate_test_set(model: nn.Module, dataset: str, root: Path, *, channels: int, device: torch.device | str = "cpu",
                       metric: Metric | None = None, results_dir: Path | None = None, batch_size: int = 4,
-                      progress: bool = False) -> tuple[dict[str, Any], list[Prediction], dict[str, Any]]:  # fmt: skip
-    """Detect once on the test set, score it in each layout it has: ({"voc": .., "coco": ..}, predictions, sets)."""
+                      progress: bool = False, categories: Sequence[tuple[int, str]] | None = None,
+                      ) -> tuple[dict[str, Any], list[Prediction], dict[str, Any]]:  # fmt: skip
+    """Detect once on the test set, score it in each layout it has: ({"voc": .., "coco": ..}, predictions, sets).
+
+    ``categories``: for a detector whose labels are annotation-file category ids (torchvision's COCO
+    detectors), the (category id, name) of each label 1..K; such a detector is scored on a COCO-layout
+    test set only, and the predictions returned are in the dataset's labels."""
     from .catalog import default_metric, evaluation_sets
 
     sets = evaluation_sets(dataset, root)
+    if categories is not None and list(sets) != ["coco"]:
+        raise ValueError(f"the detector's labels are COCO category ids; {dataset} is not a COCO-layout test set")
     first = next(iter(sets.values()))
+    if categories is not None:
+        check_category_names(categories, first)  # before the detector runs
     predictions = predict(model, first, channels=channels, batch_size=batch_size, device=device, progress=progress)
+    if categories is not None:
+        predictions, dropped = to_dataset_labels(predictions, categories, first)
+        if dropped:
+            warnings.warn(f"{dropped} detection(s) of categories {first.annotation_file} does not have were left out "
+                          "(pycocotools would ignore them)", stacklevel=2)  # fmt: skip
     results: dict[str, Any] = {}
     if "voc" in sets:
         results["voc"] = score_voc(predictions, sets["voc"], metric or default_metric(dataset), results_dir)

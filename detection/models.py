@@ -5,7 +5,10 @@
   and the last stage (conv5_x, which halves them to 7×7) followed by global average pooling is the
   per-region head, then the class and box sibling layers.
 * ``design="fpn"`` — a feature pyramid over all stages (torchvision's BackboneWithFPN), RoIAlign
-  7×7 over the pyramid levels and the two-layer MLP head.
+  7×7 over the pyramid levels and the two-layer MLP head (torchvision's ``fasterrcnn_resnet50_fpn``).
+  ``fpn_batchnorm=True``, ``rpn_conv_depth=2`` and ``box_head="conv_fc"`` give the parts of
+  ``fasterrcnn_resnet50_fpn_v2`` (BN in the pyramid, two RPN convs, four conv + BN layers and one
+  FC as the box head), so both versions' checkpoints load unchanged.
 
 Channel counts and strides come from the backbone's ``feature_info``, never from constants. BN is
 frozen (``FrozenBatchNorm2d``: affine with the pre-trained statistics, as the paper fixes them), and
@@ -28,7 +31,7 @@ from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, RPNHead, TwoMLPHead
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, RPNHead, TwoMLPHead
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
@@ -37,6 +40,9 @@ from backbones import ResNet, create_model
 from backbones.weights import read_zoo
 
 DESIGNS = ("c4", "fpn")
+# Box heads per design, the default first: "mlp" is torchvision v1's TwoMLPHead, "conv_fc" v2's
+# FastRCNNConvFCHead; the C4 head is the backbone's last stage.
+BOX_HEADS = {"c4": ("last_stage",), "fpn": ("mlp", "conv_fc")}
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 STEM_MODULES = ("conv1", "bn1")
 
@@ -126,16 +132,28 @@ def build_faster_rcnn(
     fpn_channels: int = 256,
     in_chans: int | None = None,
     normalisation: tuple[Sequence[float], Sequence[float]] | None = None,
+    rpn_conv_depth: int = 1,
+    fpn_batchnorm: bool = False,
+    box_head: str | None = None,
     **faster_rcnn_options: Any,
 ) -> FasterRCNN:
     """Faster R-CNN for ``num_classes`` object classes (background is added) on zoo model ``arch``.
 
     ``in_chans`` and ``normalisation`` (mean, std) rebuild a trained detector without its backbone
-    weights (they come with the detector's own): the channels and statistics it was trained with."""
+    weights (they come with the detector's own): the channels and statistics it was trained with.
+    ``rpn_conv_depth``: 3×3 convs before the RPN's sibling layers; ``fpn_batchnorm``: BatchNorm after
+    each pyramid conv; ``box_head``: one of ``BOX_HEADS[design]`` (default its first)."""
     if design not in DESIGNS:
         raise ValueError(f"design must be one of {DESIGNS}, got {design!r}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
+    box_head = box_head or BOX_HEADS[design][0]
+    if box_head not in BOX_HEADS[design]:
+        raise ValueError(f"box_head must be one of {BOX_HEADS[design]} for design {design!r}, got {box_head!r}")
+    if fpn_batchnorm and design != "fpn":
+        raise ValueError(f"fpn_batchnorm applies to design 'fpn' only, got design {design!r}")
+    if rpn_conv_depth < 1:
+        raise ValueError(f"rpn_conv_depth must be positive, got {rpn_conv_depth}")
     backbone, info = load_backbone(arch, backbone_weights, **({"in_chans": in_chans} if in_chans else {}))
     if normalisation is not None:
         info = dataclasses.replace(info, mean=tuple(normalisation[0]), std=tuple(normalisation[1]))
@@ -152,7 +170,7 @@ def build_faster_rcnn(
         model = FasterRCNN(
             trunk,
             rpn_anchor_generator=anchors,
-            rpn_head=RPNHead(trunk_stage.channels, anchors.num_anchors_per_location()[0]),
+            rpn_head=RPNHead(trunk_stage.channels, anchors.num_anchors_per_location()[0], conv_depth=rpn_conv_depth),
             box_roi_pool=MultiScaleRoIAlign(["0"], output_size=14, sampling_ratio=0),
             box_head=LastStageHead(getattr(backbone, head_stage.name), head_stage.channels),
             box_predictor=FastRCNNPredictor(head_stage.channels, num_classes + 1),
@@ -161,22 +179,31 @@ def build_faster_rcnn(
     else:
         return_layers = {spec.name: str(index) for index, spec in enumerate(specs)}
         body = BackboneWithFPN(backbone, return_layers, [s.channels for s in specs], fpn_channels,
-                               extra_blocks=LastLevelMaxPool())  # fmt: skip
+                               extra_blocks=LastLevelMaxPool(),
+                               norm_layer=nn.BatchNorm2d if fpn_batchnorm else None)  # fmt: skip
         levels = len(specs) + 1  # the stages plus the max-pooled extra level
         sizes = tuple((size,) for size in _spread(anchor_sizes, levels))
         anchors = AnchorGenerator(sizes, (ratios,) * levels)
         model = FasterRCNN(
             body,
             rpn_anchor_generator=anchors,
-            rpn_head=RPNHead(fpn_channels, anchors.num_anchors_per_location()[0]),
+            rpn_head=RPNHead(fpn_channels, anchors.num_anchors_per_location()[0], conv_depth=rpn_conv_depth),
             box_roi_pool=MultiScaleRoIAlign([str(i) for i in range(len(specs))], output_size=7, sampling_ratio=2),
-            box_head=TwoMLPHead(fpn_channels * 7 * 7, 1024),
+            box_head=_fpn_box_head(box_head, fpn_channels, 1024),
             box_predictor=FastRCNNPredictor(1024, num_classes + 1),
             **common, **faster_rcnn_options,
         )  # fmt: skip
     model.backbone_info = info  # type: ignore[attr-defined]
     model.design = design  # type: ignore[attr-defined]
     return model
+
+
+def _fpn_box_head(kind: str, channels: int, representation: int) -> nn.Module:
+    """torchvision's FPN box heads on 7×7 pooled regions: v1's two FC layers, or v2's four 3×3 conv + BN
+    layers of 256 channels and one FC layer."""
+    if kind == "conv_fc":
+        return FastRCNNConvFCHead((channels, 7, 7), [256, 256, 256, 256], [representation], norm_layer=nn.BatchNorm2d)
+    return TwoMLPHead(channels * 7 * 7, representation)
 
 
 def _spread(sizes: Sequence[int], levels: int) -> list[int]:

@@ -7,6 +7,11 @@ SGD momentum 0.9, weight decay 1e-4; VOC: lr 0.001 for 60k iterations then 0.000
 image per batch; COCO: lr 0.001 for 240k then 0.0001 for 80k at 8 images per batch. With another
 ``--images-per-batch`` the learning rate scales linearly and the iterations inversely. Everything
 can be overridden.
+
+``--init CHECKPOINT`` starts from a torchvision Faster R-CNN (``fasterrcnn_resnet50_fpn`` or ``_v2``):
+the detector gets that checkpoint's parts and every weight that fits; the class layers are
+re-initialised when the class count differs (on a COCO-layout training set of COCO's categories
+they keep the checkpoint's rows of those categories). Image sizes and anchors stay the recipe's.
 """
 
 from __future__ import annotations
@@ -26,17 +31,24 @@ from backbones.engine import EngineConfig, Trainer, engine_config_dict, refuse_f
 from backbones.fileio import atomic_write_text
 from backbones.registry import get_model_entry
 from backbones.schedule import LRSchedule
-from backbones.weights import save_weights
+from backbones.weights import load_state_dict_file, save_weights
 
 from .batches import DetectionBatches, detection_step
 from .catalog import TEST_FOR_TRAIN, TRAIN_DATASETS, evaluation_sets, recipe_for, training_set
 from .datasets import OnError
 from .inference import evaluate_test_set
 from .models import DESIGNS, BackboneInfo, backbone_normalisation, build_faster_rcnn
+from .torchvision_checkpoints import (
+    TorchvisionDetector,
+    coco_category_names,
+    identify_state_dict,
+    load_into_new_detector,
+)
 
 log = logging.getLogger("detection.train")
 MODEL_OPTIONS = ("min_size", "max_size", "anchor_sizes", "box_batch_size_per_image", "rpn_pre_nms_top_n_train",
-                 "rpn_post_nms_top_n_train", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test")  # fmt: skip
+                 "rpn_post_nms_top_n_train", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test", "rpn_conv_depth",
+                 "fpn_batchnorm", "box_head")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=DefaultsWhereTheyExist)  # fmt: skip
     parser.add_argument("--backbone", required=True, help="zoo model name, e.g. resnet101, plain20")
     parser.add_argument("--backbone-weights", help="zoo id, .safetensors, or a torchvision-format ImageNet .pth")
-    parser.add_argument("--design", choices=DESIGNS, default="c4", help="c4: the paper's; fpn: feature pyramid")
+    parser.add_argument("--design", choices=DESIGNS, help="c4: the paper's (default); fpn: feature pyramid (the "
+                        "default with --init)")  # fmt: skip
+    parser.add_argument("--init", type=Path, metavar="CHECKPOINT", help="start from a torchvision Faster R-CNN "
+                        "checkpoint (fasterrcnn_resnet50_fpn or _v2 .pth): its parts and all weights that fit; class "
+                        "layers re-initialised if the class count differs")  # fmt: skip
     parser.add_argument("--freeze-at", type=COUNT, default=2, help="0 nothing, 1 stem, k stem + first k-1 stages")
     parser.add_argument("--dataset", choices=TRAIN_DATASETS, required=True, help="training set; its recipe sets the "
                         "defaults (voc07+12 trains on VOC07+12 trainval and tests on VOC07 test)")  # fmt: skip
@@ -85,12 +101,49 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     for key in ("min_size", "max_size"):
         if getattr(args, key) is not None:
             model[key] = getattr(args, key)
-    return dict(backbone=args.backbone, backbone_weights=args.backbone_weights, design=args.design,
+    return dict(backbone=args.backbone, backbone_weights=args.backbone_weights,
+                design=args.design or ("fpn" if args.init else "c4"),
                 freeze_at=args.freeze_at, dataset=args.dataset, data_root=str(args.data_root),
                 images_per_batch=images, lr=args.lr if args.lr is not None else lr,
                 steps=args.steps if args.steps is not None else steps, max_iters=args.max_iters or iters,
                 warmup_iters=args.warmup_iters if args.warmup_iters is not None else recipe.warmup_iters,
                 momentum=args.momentum, weight_decay=args.weight_decay, model=model, seed=args.seed, amp=args.amp)  # fmt: skip
+
+
+def read_init_checkpoint(args: argparse.Namespace) -> tuple[TorchvisionDetector, dict[str, torch.Tensor]]:
+    """The --init checkpoint, identified and checked against the other flags."""
+    state = load_state_dict_file(args.init)
+    detector = identify_state_dict(state, str(args.init))
+    if detector.backbone != args.backbone:
+        raise ValueError(f"--init {args.init}: a torchvision {detector.name} checkpoint, whose backbone is "
+                         f"{detector.backbone}, not --backbone {args.backbone}")  # fmt: skip
+    if args.design not in (None, "fpn"):
+        raise ValueError(f"--init {args.init}: a torchvision {detector.name} checkpoint is an FPN detector, "
+                         f"not --design {args.design}")  # fmt: skip
+    if args.backbone_weights is not None:
+        raise ValueError(f"--init {args.init} holds the backbone's weights too; leave out --backbone-weights")
+    return detector, state
+
+
+def coco_category_ids(train_set: Any, detector: TorchvisionDetector) -> list[int] | None:
+    """The COCO category id of each training label when the training set's categories are COCO's (so
+    the checkpoint's class rows carry over), else None."""
+    if not detector.is_coco or not hasattr(train_set, "label_to_category_id"):
+        return None
+    coco = coco_category_names()
+    ids = [train_set.label_to_category_id[label] for label in range(1, len(train_set.class_names) + 1)]
+    same = all(0 < cid < len(coco) and coco[cid] == name for cid, name in zip(ids, train_set.class_names))
+    return ids if same else None
+
+
+def start_from_checkpoint(model: torch.nn.Module, detector: TorchvisionDetector, state: dict[str, torch.Tensor],
+                          train_set: Any) -> dict[str, Any]:  # fmt: skip
+    """Load the --init checkpoint into the new detector; returns the run's record of it (config "init")."""
+    category_ids = coco_category_ids(train_set, detector)
+    reinitialised = load_into_new_detector(model, state, detector, category_ids)
+    return {"file": detector.source, "checkpoint": detector.name, "version": detector.version,
+            "num_classes": detector.num_classes, "class_rows_by_category_id": category_ids is not None,
+            "reinitialised": reinitialised}  # fmt: skip
 
 
 def build_detector(config: dict[str, Any], num_classes: int, load_backbone_weights: bool = True) -> torch.nn.Module:
@@ -119,14 +172,21 @@ def main(argv: list[str] | None = None) -> int:
         get_model_entry(args.backbone)
         pick_device(args.device)  # a bad --device fails now, not after the data is read
         config = resolve_config(args)
+        init = read_init_checkpoint(args) if args.init is not None else None
         on_error: OnError = "skip" if args.skip_bad_annotations else "raise"
         train_set = training_set(args.dataset, args.data_root, on_error)
         class_names = list(train_set.class_names)
+        if init is not None:
+            config["model"].update(init[0].parts)
+        torch.manual_seed(args.seed)  # the new layers' initial weights
         model = build_detector(config, len(class_names))
+        if init is not None:
+            config["init"] = start_from_checkpoint(model, *init, train_set)
+            init = None  # frees the checkpoint's tensors
         test_name = TEST_FOR_TRAIN[args.dataset]
         if test_name:  # fail now, not after training, if the test set is missing or malformed
             evaluation_sets(test_name, args.data_root)
-        output = args.output or Path("runs") / f"det-{args.backbone}-{args.design}-{args.dataset}"
+        output = args.output or Path("runs") / f"det-{args.backbone}-{config['design']}-{args.dataset}"
         if not args.resume:
             refuse_finished_or_running(output)  # before config.json is written
     except (ValueError, FileNotFoundError, FileExistsError) as error:
@@ -135,7 +195,6 @@ def main(argv: list[str] | None = None) -> int:
         ctx = init_distributed(args.device)
     except ValueError as error:
         raise SystemExit(f"error: {error}") from None
-    torch.manual_seed(args.seed)
     info = cast(BackboneInfo, model.backbone_info)  # set by build_faster_rcnn; Module.__getattr__ types it loosely
     channels = info.in_chans
     config.update(class_names=class_names, channels=channels, image_mean=list(info.mean), image_std=list(info.std),
@@ -165,17 +224,26 @@ def main(argv: list[str] | None = None) -> int:
         output.mkdir(parents=True, exist_ok=True)
         if not args.resume:
             atomic_write_text(output / "config.json", json.dumps(config, indent=1, default=str))
+        if "init" in config:
+            init_record = config["init"]
+            kept = ("all weights, the class layers' rows picked by COCO category id"
+                    if init_record["class_rows_by_category_id"] else "all weights")
+            if init_record["reinitialised"]:
+                kept = (f"all weights but the class layers, re-initialised for {len(class_names) + 1} outputs "
+                        f"instead of {init_record['num_classes']}: {', '.join(init_record['reinitialised'])}")
+            log.info("initialised from %s (torchvision %s): %s", args.init, init_record["checkpoint"], kept)
         log.info("training %s Faster R-CNN (%s) on %s: %d images, %d classes, %d iterations of %d images, lr %g -> %s",
-                 args.backbone, args.design, args.dataset, len(train_set), len(class_names), config["max_iters"],
+                 args.backbone, config["design"], args.dataset, len(train_set), len(class_names), config["max_iters"],
                  config["images_per_batch"], config["lr"], output)  # fmt: skip
     try:
         final = trainer.fit(resume=args.resume)
     except (FileExistsError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
     if ctx.is_main:
-        save_weights(trainer.model, output / "final.safetensors", metadata={"backbone": args.backbone, "design": args.design})
+        save_weights(trainer.model, output / "final.safetensors", metadata={"backbone": args.backbone,
+                                                                                 "design": config["design"]})
         scores = ", ".join(f"{k} {v:.1f}" for k, v in final.items())
-        print(f"{args.backbone} {args.design} on {args.dataset} after {trainer.iteration} iterations: "
+        print(f"{args.backbone} {config['design']} on {args.dataset} after {trainer.iteration} iterations: "
               f"{test_name or 'no test set'} {scores}")  # fmt: skip
         if test_name:
             print(f"run directory: {output}; score it with: python -m detection.eval --backbone {args.backbone} "

@@ -29,8 +29,9 @@ Decisions where the devkit is silent or produces NaN (documented so results are 
   the devkit only at an IoU of exactly 0.5; ``strict_threshold=True`` reproduces those tools.
 * Precision where no detection has been counted yet (only "don't care" detections so far) is 0,
   not 0/0: the devkit's NaN there is skipped by MATLAB's ``max``, so AP is the same.
-* The 11 recall thresholds are the doubles nearest ``k / 10`` (so a recall of exactly 3/10 counts
-  for ``t = 0.3``); ``numpy.arange(0, 1.1, 0.1)`` would give 0.30000000000000004 there.
+* The 11 recall thresholds are exactly the doubles MATLAB's ``0:0.1:1`` holds (:data:`VOC07_THRESHOLDS`):
+  0.30000000000000004 at ``t = 0.3``, so a recall of exactly 3/10 does *not* count there, as in the
+  devkit; neither ``k / 10`` nor ``numpy.arange(0, 1.1, 0.1)`` (which differs from it at 0.6 and 0.7).
 * A class with no positive (non-difficult) ground truth has no defined AP (the devkit divides by
   zero: NaN recall). :func:`evaluate_class` returns recall 0 and AP 0.0 for it;
   :class:`VOCEvaluator` / :func:`summarize` report its AP as 0.0 but leave it out of the mean,
@@ -58,6 +59,7 @@ from backbones.fileio import atomic_write_text
 
 __all__ = [
     "METRICS",
+    "VOC07_THRESHOLDS",
     "VOC_CLASSES",
     "ClassDetections",
     "ClassResult",
@@ -78,6 +80,10 @@ __all__ = [
 
 Metric = Literal["voc07", "voc12"]
 METRICS: tuple[str, ...] = ("voc07", "voc12")
+# VOCevaldet.m loops `for t=0:0.1:1`. MATLAB's colon builds the first half of a range as a + k*d and
+# the second half as b - (n - k)*d, so these are its doubles: 0.30000000000000004 (= 3 * 0.1) where
+# k / 10 gives 0.3. A recall of exactly 3/10 is below it; recalls of 6/10 and 7/10 reach 0.6 and 0.7.
+VOC07_THRESHOLDS: tuple[float, ...] = (*(k * 0.1 for k in range(5)), 0.5, *(1 - k * 0.1 for k in (4, 3, 2, 1, 0)))
 
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -238,7 +244,8 @@ def _check_metric(metric: str) -> None:
 def voc_ap(recall: Any, precision: Any, metric: Metric = "voc07") -> float:
     """Average precision (a fraction) from a precision/recall curve.
 
-    ``voc07``: mean over the 11 thresholds ``t = k/10`` of ``max(precision[recall >= t])`` (0 if none).
+    ``voc07``: mean over the 11 thresholds :data:`VOC07_THRESHOLDS` (MATLAB's ``0:0.1:1``) of
+    ``max(precision[recall >= t])`` (0 if none).
     ``voc12``: area under the precision envelope (precision made non-increasing from the right),
     summed over the points where recall changes, with sentinels (0, 0) before and (1, 0) after.
     """
@@ -251,9 +258,9 @@ def voc_ap(recall: Any, precision: Any, metric: Metric = "voc07") -> float:
         raise ValueError("recall/precision contain NaN; compute them with precision_recall()")
     if metric == "voc07":
         ap = 0.0
-        for k in range(11):
-            above = rec >= k / 10.0
-            ap += (float(prec[above].max()) if above.any() else 0.0) / 11.0
+        for threshold in VOC07_THRESHOLDS:
+            above = rec >= threshold
+            ap += (float(prec[above].max()) if above.any() else 0.0) / len(VOC07_THRESHOLDS)
         return ap
     mrec = np.concatenate(([0.0], rec, [1.0]))
     mpre = np.concatenate(([0.0], prec, [0.0]))

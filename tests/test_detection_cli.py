@@ -100,6 +100,21 @@ def test_precomputed_perfect_detections_score_100(benchmark, tmp_path):
         assert json.loads(out.read_text())[key] == pytest.approx(100.0)
 
 
+def test_scoring_precomputed_detections_needs_no_backbone(benchmark, tmp_path, capsys):
+    voc = evaluation_sets("fashion-det", benchmark)["voc"]
+    target = voc.target(0)
+    x1, y1, x2, y2 = target["boxes"][0].tolist()
+    found = [{"image_id": int(target["image_id"]), "category_id": int(target["labels"][0]),
+              "bbox": [x1, y1, x2 - x1, y2 - y1], "score": 1.0}]  # fmt: skip
+    (tmp_path / "results.json").write_text(json.dumps(found))
+    eval_main(["--detections", str(tmp_path / "results.json"), "--dataset", "fashion-det", "--data-root", str(benchmark),
+               "--json", str(tmp_path / "out.json")])  # fmt: skip
+    assert "results.json" in capsys.readouterr().out  # the table's row is named after the results
+    assert 0 < json.loads((tmp_path / "out.json").read_text())["AP50"] < 100  # one object of several found
+    with pytest.raises(SystemExit, match="--weights runs a model: give its --backbone too"):
+        eval_main(["--weights", str(tmp_path), "--dataset", "fashion-det", "--data-root", str(benchmark)])
+
+
 def test_eval_errors_are_clear(benchmark, tmp_path):
     with pytest.raises(SystemExit, match="exactly one of --weights"):
         eval_main(["--backbone", "resnet20", "--dataset", "fashion-det", "--data-root", str(benchmark)])

@@ -13,12 +13,15 @@ import pytest
 
 from detection.coco_eval import COCO_METRICS, evaluate_coco, write_coco_results
 from detection.voc_eval import (
+    VOC07_THRESHOLDS,
     ClassDetections,
     GroundTruth,
+    MatchResult,
     VOCEvaluator,
     evaluate_class,
     evaluate_detections,
     match_detections,
+    precision_recall,
     read_devkit_results,
     voc_ap,
     voc_iou,
@@ -288,14 +291,42 @@ def test_eleven_point_and_area_metrics_differ():
     # VOC12: area = 1/2 * 1 = 1/2.
     assert voc_ap([0.5], [1.0], "voc07") == pytest.approx(6 / 11, **EXACT)
     assert voc_ap([0.5], [1.0], "voc12") == pytest.approx(0.5, **EXACT)
-    # A recall of exactly 3/10 counts for t = 0.3: t = 0, .1, .2, .3 -> 4/11.
-    assert voc_ap(np.array([3.0]) / 10.0, [1.0], "voc07") == pytest.approx(4 / 11, **EXACT)
+    # A recall of exactly 3/10 is below the devkit's t = 0.30000000000000004: only t = 0, .1, .2 count -> 3/11.
+    assert voc_ap(np.array([3.0]) / 10.0, [1.0], "voc07") == pytest.approx(3 / 11, **EXACT)
     # Envelope: a precision dip is lifted by the better precision at higher recall.
     # recall .25 .5 .75, precision 1 .5 .75 -> envelope 1 .75 .75 -> area .25 + .25*.75 + .25*.75 = .625
     assert voc_ap([0.25, 0.5, 0.75], [1.0, 0.5, 0.75], "voc12") == pytest.approx(0.625, **EXACT)
     assert voc_ap([], [], "voc07") == 0.0 and voc_ap([], [], "voc12") == 0.0
     with pytest.raises(ValueError, match="recall has 2 points but precision has 1"):
         voc_ap([0.1, 0.2], [1.0], "voc07")
+
+
+def test_voc07_thresholds_are_matlabs_colon_range():
+    # VOCevaldet.m: `for t=0:0.1:1`; MATLAB builds a + k*d for the first half and b - (n-k)*d for the second.
+    assert VOC07_THRESHOLDS == (0.0, 0.1, 0.2, 0.30000000000000004, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+    assert VOC07_THRESHOLDS[3] != 3 / 10 and VOC07_THRESHOLDS[6:8] != tuple(np.arange(0, 1.1, 0.1)[6:8])
+
+
+def _curve(outcomes: str, positives: int) -> tuple[np.ndarray, np.ndarray]:
+    """Recall (TP / positives) and precision per ranked detection, by precision_recall: "T" a TP, "F" a FP."""
+    tp = np.array([c == "T" for c in outcomes])
+    return precision_recall(MatchResult(order=np.arange(len(tp)), tp=tp, fp=~tp, num_positives=positives))
+
+
+@pytest.mark.parametrize(("outcomes", "expected"), [
+    # recall .1 .2 .3 at precision 1: 3/10 misses t = 0.30000000000000004 -> t = 0, .1, .2 -> 3/11 (k/10: 4/11)
+    ("TTT", 3 / 11),
+    # recall up to 6/10 = 0.6, precision 1: t = 0 ... 0.6 (7 thresholds) -> 7/11 (numpy.arange's 0.6000000000000001: 6/11)
+    ("TTTTTT", 7 / 11),
+    # T T T F T T T T: recall .1 .2 .3 .3 .4 .5 .6 .7, precision 1 1 1 3/4 4/5 5/6 6/7 7/8.
+    # t = 0, .1, .2 -> 1; t = 0.30000000000000004 ... 0.7 (recall 7/10 reaches 1 - 3*0.1 = 0.7) -> 7/8 (5 thresholds);
+    # t = .8, .9, 1 -> 0. AP = (3 + 5 * 7/8) / 11 (k/10 would give (4 + 4 * 7/8) / 11, numpy.arange (3 + 4 * 7/8) / 11).
+    ("TTTFTTTTF", (3 + 5 * 7 / 8) / 11),
+])  # fmt: skip
+def test_voc07_recalls_of_exactly_three_six_and_seven_tenths(outcomes, expected):
+    recall, precision = _curve(outcomes, positives=10)
+    assert recall.max() in (3 / 10, 6 / 10, 7 / 10)
+    assert voc_ap(recall, precision, "voc07") == pytest.approx(expected, **EXACT)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -91,3 +91,27 @@ def test_backbone_weights_come_from_the_zoo_or_a_file(tmp_path):
     assert model.backbone_info.in_chans == 1 and len(model.transform.image_mean) == 1
     with pytest.raises(ValueError, match="does not fit resnet56"):
         build_faster_rcnn("resnet56", 2, backbone_weights=path)
+
+
+def test_fpn_parts_of_torchvisions_v2_are_keyword_options():
+    from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, TwoMLPHead
+
+    v1 = build_faster_rcnn("resnet18", 3, design="fpn", **SMALL)
+    v2 = build_faster_rcnn("resnet18", 3, design="fpn", rpn_conv_depth=2, fpn_batchnorm=True, box_head="conv_fc",
+                           **SMALL)  # fmt: skip
+    assert isinstance(v1.roi_heads.box_head, TwoMLPHead) and isinstance(v2.roi_heads.box_head, FastRCNNConvFCHead)
+    assert len(v1.rpn.head.conv) == 1 and len(v2.rpn.head.conv) == 2
+    fpn_norms = [m for m in v2.backbone.fpn.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(fpn_norms) == 8 and not any(isinstance(m, torch.nn.BatchNorm2d) for m in v1.backbone.fpn.modules())
+    assert not any(type(m) is torch.nn.BatchNorm2d for m in v2.backbone.body.modules())  # the ResNet's BN stays frozen
+    v2.train()
+    losses = v2([torch.rand(3, 96, 96), torch.rand(3, 96, 96)], _targets())
+    assert all(torch.isfinite(v) for v in losses.values())
+    with pytest.raises(ValueError, match=r"box_head must be one of \('mlp', 'conv_fc'\) for design 'fpn', got 'fc'"):
+        build_faster_rcnn("resnet18", 3, design="fpn", box_head="fc")
+    with pytest.raises(ValueError, match=r"box_head must be one of \('last_stage',\) for design 'c4'"):
+        build_faster_rcnn("resnet18", 3, design="c4", box_head="conv_fc")
+    with pytest.raises(ValueError, match="fpn_batchnorm applies to design 'fpn' only"):
+        build_faster_rcnn("resnet18", 3, design="c4", fpn_batchnorm=True)
+    with pytest.raises(ValueError, match="rpn_conv_depth must be positive, got 0"):
+        build_faster_rcnn("resnet18", 3, design="fpn", rpn_conv_depth=0)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from backbones.augment import ArrayBatches, CropFlip, Preprocess
+from backbones.augment import ArrayBatches, Chain, CropFlip, Preprocess, RandomErasing
 from backbones.datasets import (
     FASHION_MNIST_DIR,
     channel_stats,
@@ -114,10 +114,13 @@ def test_crop_flip_is_a_padded_crop_with_optional_mirror():
         torch.testing.assert_close(out[i], expected.flip(-1) if flips[i] else expected)
 
 
-def test_array_batches_resume_offset_and_process_shares():
+@pytest.mark.parametrize("augment", [CropFlip(4), Chain((CropFlip(4), RandomErasing(0.5, mean=(0.5,) * 3,
+                                                                                   std=(0.25,) * 3)))],
+                         ids=["crop-flip", "crop-flip-erasing"])  # fmt: skip
+def test_array_batches_resume_offset_and_process_shares(augment):
     data = make_synthetic("train", 100, seed=1)
     pre = Preprocess(32, 3, (0.5,) * 3, (0.25,) * 3)
-    source = ArrayBatches(data, 20, pre, CropFlip(4), seed=7)
+    source = ArrayBatches(data, 20, pre, augment, seed=7)
     full = list(source.batches(epoch=2))
     assert len(full) == len(source) == 5
     tail = list(source.batches(epoch=2, start=3))
@@ -125,11 +128,131 @@ def test_array_batches_resume_offset_and_process_shares():
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
     other_epoch = next(iter(source.batches(epoch=3)))[1]
     assert not torch.equal(other_epoch, full[0][1])
-    ranks = [ArrayBatches(data, 20, pre, CropFlip(4), seed=7, rank=r, world_size=2) for r in (0, 1)]
+    ranks = [ArrayBatches(data, 20, pre, augment, seed=7, rank=r, world_size=2) for r in (0, 1)]
     for index, pieces in enumerate(zip(*(r.batches(epoch=2) for r in ranks))):
         assert torch.equal(torch.cat([p[0] for p in pieces]), full[index][0])
     with pytest.raises(ValueError, match="not divisible by 3 processes"):
         ArrayBatches(data, 20, pre, world_size=3)
+
+
+def _simulated_boxes(count: int, height: int, width: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Zhong et al.'s rule written again with numpy: area U(0.02, 0.4) of the image, aspect (h / w)
+    U(0.3, 1/0.3), h and w rounded, boxes that do not fit (h >= H or w >= W) rejected: (h, w) of the
+    accepted draws, i.e. the distribution given that a draw fits."""
+    rng = np.random.default_rng(seed)
+    area = rng.uniform(0.02, 0.4, count) * height * width
+    aspect = rng.uniform(0.3, 1 / 0.3, count)
+    h, w = np.rint(np.sqrt(area * aspect)), np.rint(np.sqrt(area / aspect))
+    fits = (h < height) & (w < width)
+    return h[fits], w[fits]
+
+
+def test_random_erasing_boxes_follow_algorithm_1():
+    n, size = 20000, 32
+    top, left, h, w = RandomErasing(0.5).boxes(n, size, size, torch.Generator().manual_seed(0)).double().T.numpy()
+    erased = h > 0
+    assert erased.mean() == pytest.approx(0.5, abs=4 * (0.25 / n) ** 0.5)  # p, within 4 standard errors
+    assert (w[~erased] == 0).all()
+    top, left, h, w = top[erased], left[erased], h[erased], w[erased]
+    # inside the image, and fitting as the rule demands (h < H, w < W)
+    assert (top >= 0).all() and (left >= 0).all() and (top + h <= size).all() and (left + w <= size).all()
+    assert h.max() <= size - 1 and w.max() <= size - 1
+    # area and aspect ratio within their ranges up to rounding: h, w are within 0.5 of sqrt(S r), sqrt(S / r)
+    pixels = size * size
+    assert ((h + 0.5) * (w + 0.5) >= 0.02 * pixels).all() and ((h - 0.5) * (w - 0.5) <= 0.4 * pixels).all()
+    assert ((h + 0.5) / (w - 0.5) >= 0.3).all() and ((h - 0.5) / (w + 0.5) <= 1 / 0.3).all()
+    area, aspect = h * w / pixels, h / w
+    assert area.min() < 0.025 and area.max() > 0.38 and aspect.min() < 0.35 and aspect.max() > 3.0  # ranges used
+    # distributions: those of the rule given that a draw fits (rejection lowers the mean area from 0.210 to 0.201)
+    sim_h, sim_w = _simulated_boxes(1_000_000, size, size)
+    sim_area = sim_h * sim_w / pixels
+    standard_error = sim_area.std() / len(area) ** 0.5
+    assert area.mean() == pytest.approx(sim_area.mean(), abs=4 * standard_error)
+    assert abs(sim_area.mean() - 0.21) > 8 * standard_error  # the test tells the two apart
+    assert np.quantile(area, [0.1, 0.25, 0.5, 0.75, 0.9]) == pytest.approx(
+        np.quantile(sim_area, [0.1, 0.25, 0.5, 0.75, 0.9]), abs=0.01)  # fmt: skip
+    for ours, theirs in ((h, sim_h), (w, sim_w), (aspect, sim_h / sim_w)):
+        assert ours.mean() == pytest.approx(theirs.mean(), abs=4 * theirs.std() / len(ours) ** 0.5)
+    # the corner is uniform over the positions where the box fits, both ends included
+    for corner, extent in ((top, h), (left, w)):
+        share = corner / (size - extent)
+        assert share.mean() == pytest.approx(0.5, abs=0.015) and (corner == 0).any() and (corner == size - extent).any()
+
+
+def _erased_boxes(erasing: RandomErasing, x: torch.Tensor, seed: int) -> torch.Tensor:
+    """A mask of the boxes ``erasing`` draws for ``x`` from a generator seeded with ``seed`` (its first draws)."""
+    n, _, height, width = x.shape
+    mask = torch.zeros(x.shape, dtype=torch.bool)
+    for index, (top, left, h, w) in enumerate(erasing.boxes(n, height, width, torch.Generator().manual_seed(seed))):
+        mask[index, :, top : top + h, left : left + w] = True
+    return mask
+
+
+def test_mean_fill_puts_the_normalised_mean_in_the_box_and_leaves_the_rest():
+    erasing = RandomErasing(1.0, fill="mean", mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.4))
+    x = torch.rand(64, 3, 20, 24) + 1  # never 0 before erasing
+    before = x.clone()
+    out = erasing(x, torch.Generator().manual_seed(3))
+    box = _erased_boxes(erasing, x, 3)
+    assert box.flatten(1).any(1).all()  # p = 1: every image has a box
+    assert (out[box] == 0).all() and torch.equal(out[~box], x[~box])
+    assert torch.equal(x, before)  # the input batch is not modified
+    assert torch.equal(RandomErasing(0.0, fill="mean")(x, torch.Generator().manual_seed(3)), x)  # p = 0: nothing
+
+
+def test_random_fill_is_uniform_pixels_normalised_per_channel():
+    mean, std = (0.1, 0.5, 0.9), (0.2, 0.3, 0.05)
+    erasing = RandomErasing(1.0, fill="random", mean=mean, std=std)
+    x = torch.full((256, 3, 32, 32), 100.0)
+    out = erasing(x, torch.Generator().manual_seed(4))
+    box = _erased_boxes(erasing, x, 4)
+    assert torch.equal(out[~box], x[~box])
+    for channel in range(3):
+        pixels = out[:, channel][box[:, channel]] * std[channel] + mean[channel]  # un-normalised
+        assert pixels.min() >= -1e-6 and pixels.max() <= 1 + 1e-6  # the pixel range [0, 1]
+        assert pixels.min() < 0.001 and pixels.max() > 0.999 and pixels.mean() == pytest.approx(0.5, abs=0.01)
+        assert pixels.numel() > 50_000 and len(pixels.unique()) > 0.9 * pixels.numel()  # per pixel, not one value
+    gray = RandomErasing(1.0, mean=(0.5,), std=(0.25,))(torch.zeros(2, 3, 8, 8), torch.Generator().manual_seed(0))
+    assert gray.min() >= -2 and gray.max() <= 2  # one channel's statistics serve every channel
+
+
+def test_random_erasing_is_determined_by_the_generator_seed():
+    x = torch.randn(32, 1, 32, 32)
+    for fill in ("random", "mean"):
+        erasing = RandomErasing(0.5, fill=fill)
+        first, again = (erasing(x, torch.Generator().manual_seed(11)) for _ in range(2))
+        other = erasing(x, torch.Generator().manual_seed(12))
+        assert torch.equal(first, again) and not torch.equal(first, other)
+        assert not torch.equal(first, x) and not torch.equal(other, x)
+
+
+def test_chain_applies_its_steps_in_order_from_one_generator():
+    x = torch.randn(8, 1, 32, 32)
+    steps = (CropFlip(4), RandomErasing(1.0, fill="mean"))
+    chained = Chain(steps)(x, torch.Generator().manual_seed(5))
+    generator = torch.Generator().manual_seed(5)
+    expected = steps[1](steps[0](x, generator), generator)
+    assert torch.equal(chained, expected)
+    fresh_generators = steps[1](steps[0](x, torch.Generator().manual_seed(5)), torch.Generator().manual_seed(5))
+    assert not torch.equal(chained, fresh_generators)  # one generator runs through the chain
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"p": 1.5}, r"probability must lie in \[0, 1\], got 1.5"),
+    ({"p": -0.1}, r"probability must lie in \[0, 1\], got -0.1"),
+    ({"area": (0.5, 0.4)}, r"area must be fractions 0 < low <= high <= 1, got \(0.5, 0.4\)"),
+    ({"aspect": (0.0, 3.0)}, r"aspect ratios must be 0 < low <= high, got \(0.0, 3.0\)"),
+    ({"fill": "zero"}, r"fill must be one of \('random', 'mean'\), got 'zero'"),
+    ({"mean": (0.5, 0.5), "std": (0.2,)}, "2 means but 1 stds"),
+])  # fmt: skip
+def test_random_erasing_refuses_bad_settings(options, message):
+    with pytest.raises(ValueError, match=message):
+        RandomErasing(**options)
+
+
+def test_random_erasing_refuses_statistics_for_another_channel_count():
+    with pytest.raises(ValueError, match="statistics for 3 channels, the batch has 1"):
+        RandomErasing(mean=(0.5,) * 3, std=(0.2,) * 3)(torch.zeros(2, 1, 8, 8), torch.Generator())
 
 
 def test_channel_stats():

@@ -54,8 +54,11 @@ def test_cli_run_learns_and_writes_everything(tmp_path, capsys):
 
 
 def test_sigkill_then_resume_ends_with_exactly_the_same_weights(tmp_path):
+    """With Random Erasing on (after crop + flip): its boxes and fill come from the batch's (seed, epoch,
+    batch) generator, so the resumed run erases the same pixels as the uninterrupted one."""
     args = [sys.executable, "-m", "backbones.train", *TINY, "--max-iters", "40", "--checkpoint-every", "5",
-            "--log-every", "5", "--eval-every", "20", "--lr", "0.05", "--deterministic"]  # fmt: skip
+            "--log-every", "5", "--eval-every", "20", "--lr", "0.05", "--deterministic",
+            "--random-erasing", "0.5"]  # fmt: skip
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     subprocess.run([*args, "--output", str(reference)], check=True, env=_env(), capture_output=True, timeout=300)
 
@@ -73,13 +76,36 @@ def test_sigkill_then_resume_ends_with_exactly_the_same_weights(tmp_path):
     assert 0 < killed_at < 40
 
     result = subprocess.run([*args, "--output", str(resumed), "--resume"], env=_env(), capture_output=True,
-                            text=True, timeout=300)  # fmt: skip
+                            text=True, timeout=300, check=False)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     expected, actual = load_file(reference / "final.safetensors"), load_file(resumed / "final.safetensors")
     assert expected.keys() == actual.keys()
     for key in expected:
         torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=0, msg=key)
     assert [r["iteration"] for r in _records(resumed, "train")] == list(range(5, 45, 5))  # no duplicated records
+    config = json.loads((resumed / "config.json").read_text())
+    assert (config["random_erasing"], config["erasing_fill"]) == (0.5, "random")
+
+
+def test_random_erasing_flags_reach_the_config_and_the_augmentation():
+    from backbones.augment import Chain, CropFlip, Preprocess, RandomErasing
+    from backbones.train import train_augmentation
+
+    def config(*flags):
+        return resolve_config(build_parser().parse_args(["resnet20", "--dataset", "fashion-mnist", *flags]))
+
+    off = config()
+    assert (off["random_erasing"], off["erasing_fill"]) == (0.0, None)  # off, as the paper
+    on = config("--random-erasing", "0.5", "--erasing-fill", "mean")
+    assert (on["random_erasing"], on["erasing_fill"]) == (0.5, "mean")
+    assert config("--random-erasing", "1")["erasing_fill"] == "random"  # the Random Erasing paper's fill
+    preprocess = Preprocess(32, 1, (0.286,), (0.353,), pad_to=32)
+    assert train_augmentation(off, preprocess) == CropFlip(4)
+    assert train_augmentation(on, preprocess) == Chain((CropFlip(4), RandomErasing(0.5, fill="mean", mean=(0.286,),
+                                                                                  std=(0.353,))))  # fmt: skip
+    with pytest.raises(SystemExit, match="--random-erasing is a batch augmentation of the in-memory datasets"):
+        resolve_config(build_parser().parse_args(["resnet18", "--random-erasing", "0.5"]))  # ImageNet
+    assert resolve_config(build_parser().parse_args(["resnet18", "--random-erasing", "0"]))["random_erasing"] == 0
 
 
 def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path):
@@ -89,7 +115,7 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
                    env=_env(2), capture_output=True, timeout=300)  # fmt: skip
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
                              "29517", "-m", "backbones.train", *common, "--output", str(double)],
-                            env=_env(1), capture_output=True, text=True, timeout=300)  # fmt: skip
+                            env=_env(1), capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     config = json.loads((double / "config.json").read_text())
     assert config["world_size"] == 2
@@ -287,7 +313,9 @@ def test_resume_keeps_the_recipe_and_survives_a_torn_metrics_line(tmp_path, capl
     train_main([*TINY, "--max-iters", "4", "--log-every", "1", "--checkpoint-every", "2", "--output", str(run)])
     for changed, message in ((["--seed", "1"], "seed: 0 in the checkpoint, 1 now"),
                              (["--batch-size", "8"], "batch_size: 16 in the checkpoint, 8 now"),
-                             (["--amp", "fp16"], "amp: 'none' in the checkpoint, 'fp16' now")):  # fmt: skip
+                             (["--amp", "fp16"], "amp: 'none' in the checkpoint, 'fp16' now"),
+                             (["--random-erasing", "0.5"], "random_erasing: 0.0 in the checkpoint, 0.5 now")
+                             ):  # fmt: skip
         with pytest.raises(SystemExit, match=re.escape(message)):
             train_main([*TINY, "--max-iters", "4", *changed, "--output", str(run), "--resume"])
     with (run / "metrics.jsonl").open("a") as handle:
@@ -318,6 +346,10 @@ def test_resume_keeps_the_recipe_and_survives_a_torn_metrics_line(tmp_path, capl
     (["--workers", "-1"], "argument --workers: must be >= 0, got -1"),
     (["--eval-every", "-5"], "argument --eval-every: must be >= 0, got -5"),
     (["--log-every", "0"], "argument --log-every: must be > 0, got 0"),
+    (["--random-erasing", "1.5"], "argument --random-erasing: must lie in [0, 1], got 1.5"),
+    (["--random-erasing", "-0.5"], "argument --random-erasing: must lie in [0, 1], got -0.5"),
+    (["--random-erasing", "half"], "argument --random-erasing: 'half' is not a number"),
+    (["--erasing-fill", "zero"], "argument --erasing-fill: invalid choice: 'zero'"),
 ])  # fmt: skip
 def test_out_of_range_flags_are_refused_by_name_before_anything_runs(tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as exit_info:

@@ -108,6 +108,9 @@ CHECKPOINT_NAME = "checkpoint.pt"
 # batch, how often it evaluates, and how it executes (EngineConfig: logging, compile, channels_last).
 # Everything else is the recipe, and a resumed run must keep it to stay the same run.
 FREE_ON_RESUME = frozenset({"engine", "world_size", "data", "data_root", "eval_every"})
+# Run-config keys added after runs were already checkpointed, with the value an older run trained with:
+# a checkpoint without the key resumes only where the current value equals it.
+KEYS_ADDED_LATER: dict[str, Any] = {"random_erasing": 0.0, "erasing_fill": None}
 
 
 def refuse_finished_or_running(output_dir: Path) -> None:
@@ -277,6 +280,7 @@ class Trainer:
         state = read_checkpoint(path)
         saved = json.loads(state["run_config"])
         current = json.loads(json.dumps(self.run_config, default=str))  # the form it was saved in
+        saved = {**{k: v for k, v in KEYS_ADDED_LATER.items() if k in current}, **saved}
         changed = [key for key in sorted(set(saved) & set(current))
                    if key not in FREE_ON_RESUME and saved[key] != current[key]]  # fmt: skip
         if changed:

@@ -174,6 +174,8 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
         until = 0.8  # §4.2: ResNet-110 (and 1202)
     config["warmup_until_error"] = until or None  # 0: off
     config["warmup_lr"] = args.warmup_lr if args.warmup_lr is not None else (0.01 if config["warmup_until_error"] else None)
+    if args.erasing_fill != "random" and not args.random_erasing:
+        raise SystemExit("--erasing-fill applies to Random Erasing: give --random-erasing P (> 0) too")
     if args.random_erasing and dataset == "imagenet":
         raise SystemExit("--random-erasing is a batch augmentation of the in-memory datasets (CIFAR-10, "
                          "Fashion-MNIST); the ImageNet pipeline does not apply it")  # fmt: skip

@@ -154,9 +154,26 @@ def test_resume_refuses_a_checkpoint_of_another_architecture(tmp_path):
         train_main(args)
 
 
+def test_a_checkpoint_from_before_random_erasing_resumes_only_without_it(tmp_path):
+    run = tmp_path / "run"
+    train_main([*TINY, "--max-iters", "2", "--checkpoint-every", "1", "--output", str(run)])
+    checkpoint = run / "checkpoint.pt"
+    state = torch.load(checkpoint, weights_only=False)
+    old = json.loads(state["run_config"])
+    del old["random_erasing"], old["erasing_fill"]  # what a run checkpointed before the flags existed saved
+    state["run_config"] = json.dumps(old)
+    torch.save(state, checkpoint)
+    with pytest.raises(SystemExit, match=re.escape("random_erasing: 0.0 in the checkpoint, 0.5 now")):
+        train_main([*TINY, "--max-iters", "2", "--checkpoint-every", "1", "--random-erasing", "0.5", "--output", str(run),
+                    "--resume"])
+    train_main([*TINY, "--max-iters", "2", "--checkpoint-every", "1", "--output", str(run), "--resume"])  # the old run's own recipe resumes
+
+
 def test_unknown_architecture_and_missing_data_are_clear_errors(tmp_path):
     with pytest.raises(SystemExit, match="unknown model 'resnet21'"):
         train_main(["resnet21", "--dataset", "synthetic"])
+    with pytest.raises(SystemExit, match=re.escape("--erasing-fill applies to Random Erasing: give --random-erasing")):
+        train_main(["resnet20", "--dataset", "synthetic", "--erasing-fill", "mean", "--output", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="CIFAR-10 needs --data"):
         train_main(["resnet20", "--dataset", "cifar10", "--output", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="missing train-images-idx3-ubyte"):

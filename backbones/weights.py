@@ -144,15 +144,20 @@ def resolve_weights(weights: str | Path, arch: str) -> WeightsSource:
     record = zoo[str(weights)]
     if record.arch != arch:
         raise ValueError(f"zoo weights {record.id!r} are for {record.arch}, not {arch}; use create_model({record.arch!r}, weights={record.id!r})")
-    if not record.path.is_file():
-        raise FileNotFoundError(f"zoo weights {record.id!r}: file {record.path} is missing")
-    actual_size = record.path.stat().st_size
-    if actual_size != record.size:
-        raise ValueError(f"zoo weights {record.id!r}: {record.path} has {actual_size} bytes, the record says {record.size} (truncated?)")
-    digest = sha256_of(record.path)
-    if digest != record.sha256:
-        raise ValueError(f"zoo weights {record.id!r}: sha256 of {record.path} is {digest}, the record says {record.sha256}")
+    verify_zoo_file(record.id, record.path, record.size, record.sha256)
     return WeightsSource(record.id, load_state_dict_file(record.path), record)
+
+
+def verify_zoo_file(zoo_id: str, path: Path, size: int, sha256: str) -> None:
+    """A zoo record's file must exist with the recorded size and sha256 (else one clear error)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"zoo weights {zoo_id!r}: file {path} is missing")
+    actual_size = path.stat().st_size
+    if actual_size != size:
+        raise ValueError(f"zoo weights {zoo_id!r}: {path} has {actual_size} bytes, the record says {size} (truncated?)")
+    digest = sha256_of(path)
+    if digest != sha256:
+        raise ValueError(f"zoo weights {zoo_id!r}: sha256 of {path} is {digest}, the record says {sha256}")
 
 
 def describe_state_dict(state_dict: Mapping[str, torch.Tensor]) -> str:

@@ -22,14 +22,21 @@ from backbones.fileio import atomic_path
 
 from .batches import to_model_input
 from .catalog import TEST_DATASETS, evaluation_sets
-from .eval import load_detector, load_run
+from .eval import load_detector, run_or_zoo
 
 
 def run_title(run: Path, config: dict[str, Any]) -> str:
-    """Backbone, design and the run's final test-set scores (from metrics.jsonl), where recorded."""
+    """Backbone, design and the run's final test-set scores (from metrics.jsonl or its zoo record), where recorded."""
+    from .zoo import read_detectors
+
     title = f"{config['backbone']} {config['design'].upper()}"
     if config.get("backbone_weights"):
         title += f" (backbone {config['backbone_weights']})"
+    record = read_detectors().get(str(run)) if not run.exists() else None
+    if record is not None:
+        metrics = record.metrics
+        return (f"{title}, zoo {record.id}: VOC07 mAP {metrics.get('voc_mAP', float('nan')):.1f}, COCO AP50 "
+                f"{metrics.get('coco_AP50', float('nan')):.1f}, AP {metrics.get('coco_AP', float('nan')):.1f}")  # fmt: skip
     metrics = run / "metrics.jsonl"
     records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.is_file() else []
     evals = [r for r in records if r.get("kind") == "eval"]
@@ -75,8 +82,10 @@ def compare(runs: list[Path], dataset: str, root: Path, output: Path, images: in
     figure = Figure(figsize=(2.2 * count, 2.5 * len(runs)), layout="constrained")
     rows = figure.subfigures(len(runs), 1, squeeze=False)[:, 0]  # a row title must not widen one column
     for row, run in zip(rows, runs):
-        config, _ = load_run(run)
-        model, config = load_detector(config["backbone"], run)
+        found = run_or_zoo(run)
+        if found is None:
+            raise ValueError(f"{run}: not a detection.train run directory nor a zoo detector id")
+        model, config = load_detector(found[0]["backbone"], run)
         axes = row.subplots(1, count, squeeze=False)[0]
         for ax, (image, target) in zip(axes, samples):
             found = model([to_model_input(image, config["channels"])])[0]
@@ -92,7 +101,7 @@ def compare(runs: list[Path], dataset: str, root: Path, output: Path, images: in
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m detection.compare", description=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("runs", nargs="+", type=Path, help="detection.train run directories, one row each")
+    parser.add_argument("runs", nargs="+", type=Path, help="detection.train run directories or zoo detector ids, one row each")
     parser.add_argument("--dataset", choices=TEST_DATASETS, required=True, help="test set the images come from")
     parser.add_argument("--data-root", type=Path, required=True, help="its root (VOCdevkit, COCO root or fashion_det output)")
     parser.add_argument("--output", type=Path, required=True, help="the PNG to write")

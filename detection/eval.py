@@ -2,7 +2,8 @@
 detector and print the paper's Table 7 (VOC mAP) or Table 8 (COCO mAP@.5, mAP@[.5,.95]) layout
 with the paper's numbers beside the measured ones.
 
-* ``--weights``: a ``detection.train`` run directory (or its ``final.safetensors``), or a torchvision
+* ``--weights``: a ``detection.train`` run directory (or its ``final.safetensors``), a zoo detector id
+  (``python -m detection.zoo list``; its sha256 is checked), or a torchvision
   Faster R-CNN checkpoint (``fasterrcnn_resnet50_fpn`` / ``_v2`` .pth state dict, recognised by its
   keys; a file with a config.json beside it is taken as a run's), run with torchvision's sizes
   (800/1333) and thresholds; its labels are COCO category ids, so it is scored on ``--dataset coco``
@@ -56,19 +57,32 @@ def is_run_weights(weights: Path) -> bool:
     return weights.is_dir() or (weights.parent / "config.json").is_file()
 
 
+def run_or_zoo(weights: Path) -> tuple[dict[str, Any], Path] | None:
+    """(config, weights file) of a zoo detector id (verified) or a detection.train run; None for other files."""
+    from .zoo import zoo_detector
+
+    if not weights.exists():
+        found = zoo_detector(str(weights))
+        if found is None:
+            raise FileNotFoundError(f"{weights}: no such run directory, checkpoint file or zoo detector id "
+                                    "(python -m detection.zoo list)")  # fmt: skip
+        return found
+    return load_run(weights) if is_run_weights(weights) else None
+
+
 def load_detector(backbone: str, weights: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """(model in eval mode, config) of a detection.train run or a torchvision Faster R-CNN checkpoint."""
+    """(model in eval mode, config) of a detection.train run, a zoo detector id or a torchvision
+    Faster R-CNN checkpoint."""
     from backbones.weights import check_state_dict, load_state_dict_file
 
     from .train import build_detector
 
-    if not weights.exists():
-        raise FileNotFoundError(f"{weights}: no such run directory or checkpoint file")
-    if weights.is_file() and not is_run_weights(weights):
+    found = run_or_zoo(Path(weights))
+    if found is None:
         from .torchvision_checkpoints import load_torchvision_detector
 
         return load_torchvision_detector(weights, backbone=backbone)
-    config, file = load_run(weights)
+    config, file = found
     if config["backbone"] != backbone:
         raise ValueError(f"{weights}: the run trained a {config['backbone']} detector, not {backbone}")
     model = build_detector(config, len(config["class_names"]), load_backbone_weights=False)
@@ -156,8 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--backbone", help="zoo model name of the detector's backbone, e.g. resnet101 (required with "
                         "--weights; with --detections it only labels the table)")  # fmt: skip
-    parser.add_argument("--weights", type=Path, help="detection.train run directory (or its final.safetensors), or a "
-                        "torchvision Faster R-CNN checkpoint (fasterrcnn_resnet50_fpn or _v2 .pth)")  # fmt: skip
+    parser.add_argument("--weights", type=Path, help="detection.train run directory (or its final.safetensors), a zoo "
+                        "detector id, or a torchvision Faster R-CNN checkpoint (fasterrcnn_resnet50_fpn or _v2 .pth)")  # fmt: skip
     parser.add_argument("--detections", type=Path, help="score these precomputed results instead of running a model")
     parser.add_argument("--dataset", choices=TEST_DATASETS, required=True, help="test set to score on")
     parser.add_argument("--data-root", type=Path, required=True,
@@ -188,7 +202,10 @@ def main(argv: list[str] | None = None) -> int:
             categories = detector_categories(config, args.weights, args.dataset)
             device = pick_device(args.device)
             model.to(device)
-            if is_run_weights(args.weights):
+            if not args.weights.exists():  # a zoo id
+                output = args.output or Path("runs") / f"{args.weights}-eval-{args.dataset}"
+                label = f"{args.backbone} {config['design'].upper()} ({args.weights})"
+            elif is_run_weights(args.weights):
                 run = args.weights if args.weights.is_dir() else args.weights.parent
                 output = args.output or run / f"eval-{args.dataset}"
                 label = f"{args.backbone} {config['design'].upper()} ({config['dataset']})"

@@ -1,0 +1,164 @@
+"""``python -m detection.zoo``: the zoo's detectors, trained by this project, beside its backbones.
+
+Detector records live in ``weights/zoo.json`` under ``"detectors"`` (the backbones' records are under
+``"weights"``); each holds what rebuilds the detector (the training run's model settings, channels and
+normalisation), its recipe, the metrics ``detection.eval`` measured with the command that
+reproduces them, and the weights file's name, sha256 and size. A zoo id works wherever a run
+directory does: ``detection.eval --weights ID``, ``deploy.export --detector c4 --weights ID``,
+``deploy.load_eager_detector(ID)``; the file's size and sha256 are checked first.
+
+``add RUN_DIR --id ID --data-root DIR`` evaluates a finished ``detection.train`` run on its dataset's
+test set, copies ``final.safetensors`` to ``weights/ID.safetensors`` and writes the record (both
+atomically), then loads the record back to prove it works. ``list`` prints the detectors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from backbones.fileio import atomic_path, atomic_write_text, sha256_of
+from backbones.weights import verify_zoo_file, zoo_path
+
+SECTION = "detectors"
+CONFIG_KEYS = ("backbone", "backbone_weights", "design", "freeze_at", "dataset", "model", "class_names", "channels",
+               "image_mean", "image_std")  # fmt: skip
+RECIPE_KEYS = ("images_per_batch", "lr", "steps", "max_iters", "warmup_iters", "momentum", "weight_decay", "seed", "amp",
+               "world_size")  # fmt: skip
+_REQUIRED = ("id", "backbone", "design", "dataset", "class_names", "config", "recipe", "metrics", "file", "sha256", "size")
+
+
+@dataclass(frozen=True)
+class DetectorRecord:
+    id: str
+    backbone: str
+    design: str
+    dataset: str
+    class_names: list[str]
+    config: dict[str, Any]  # what detection.train.build_detector needs, as a run's config.json has it
+    recipe: dict[str, Any]
+    metrics: dict[str, Any]
+    file: str
+    sha256: str
+    size: int
+    path: Path = field(compare=False)
+
+
+def read_detectors(path: str | Path | None = None) -> dict[str, DetectorRecord]:
+    """The manifest's detector records by id; a malformed one raises ValueError naming the field."""
+    path = Path(path) if path is not None else zoo_path()
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    entries = data.get(SECTION, []) if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        raise ValueError(f'{path}: "{SECTION}" must be a list of detector records')
+    records: dict[str, DetectorRecord] = {}
+    for index, entry in enumerate(entries):
+        where = f"{path}: {SECTION}[{index}]"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where}: expected an object, got {type(entry).__name__}")
+        missing = [key for key in _REQUIRED if key not in entry]
+        if missing:
+            raise ValueError(f"{where} ({entry.get('id', '?')}): missing field(s) {missing}")
+        if not isinstance(entry["config"], dict) or not {"design", "model", "class_names"} <= set(entry["config"]):
+            raise ValueError(f"{where} ({entry['id']}): field 'config' must hold the run's design, model and class_names")
+        if entry["id"] in records:
+            raise ValueError(f"{where}: duplicate id {entry['id']!r}")
+        records[entry["id"]] = DetectorRecord(**{key: entry[key] for key in _REQUIRED}, path=path.parent / entry["file"])
+    return records
+
+
+def zoo_detector(zoo_id: str) -> tuple[dict[str, Any], Path] | None:
+    """(run-like config, verified weights file) of a zoo detector id; None if ``zoo_id`` is not one."""
+    record = read_detectors().get(str(zoo_id))
+    if record is None:
+        return None
+    verify_zoo_file(record.id, record.path, record.size, record.sha256)
+    return dict(record.config), record.path
+
+
+def add_run(run_dir: Path, zoo_id: str, data_root: Path, zoo: Path | None = None, device: str = "auto") -> dict[str, Any]:
+    """Evaluate a finished detection.train run on its test set and add it to the zoo."""
+    from backbones.distributed import pick_device
+
+    from .catalog import TEST_FOR_TRAIN
+    from .eval import load_detector
+    from .inference import evaluate_test_set
+
+    run_dir, zoo = Path(run_dir), Path(zoo) if zoo is not None else zoo_path()
+    config_path, weights_path = run_dir / "config.json", run_dir / "final.safetensors"
+    for needed in (config_path, weights_path):
+        if not needed.is_file():
+            raise FileNotFoundError(f"{needed} is missing: is {run_dir} a finished detection.train run?")
+    config = json.loads(config_path.read_text())
+    if zoo_id in read_detectors(zoo):
+        raise ValueError(f"{zoo}: detector id {zoo_id!r} already exists")
+    test_set = TEST_FOR_TRAIN.get(config.get("dataset", ""))
+    if test_set is None:
+        raise ValueError(f"{run_dir}: trained on {config.get('dataset')!r}, which has no public test set to measure it on")
+    model, config = load_detector(config["backbone"], run_dir)
+    device_ = pick_device(device)
+    results, _, _ = evaluate_test_set(model.to(device_), test_set, data_root, channels=config["channels"], device=device_)
+    target = zoo.parent / f"{zoo_id}.safetensors"
+    with atomic_path(target) as tmp:
+        shutil.copyfile(weights_path, tmp)
+    metrics: dict[str, Any] = {"split": "test", "dataset": test_set,
+                               "command": f"python -m detection.eval --backbone {config['backbone']} --weights {zoo_id} "
+                                          f"--dataset {test_set} --data-root {data_root}"}  # fmt: skip
+    if "voc" in results:
+        metrics.update(voc_metric=results["voc"]["metric"], voc_mAP=round(results["voc"]["mAP"], 2))
+    if "coco" in results:
+        metrics.update({f"coco_{key}": round(value, 2) for key, value in results["coco"].items()})
+    record = {"id": zoo_id, "backbone": config["backbone"], "design": config["design"], "dataset": config["dataset"],
+              "class_names": config["class_names"], "config": {key: config.get(key) for key in CONFIG_KEYS},
+              "recipe": {key: config.get(key) for key in RECIPE_KEYS}, "metrics": metrics, "file": target.name,
+              "sha256": sha256_of(target), "size": target.stat().st_size}  # fmt: skip
+    manifest: dict[str, Any] = json.loads(zoo.read_text()) if zoo.exists() else {"format_version": 1, "weights": []}
+    manifest.setdefault(SECTION, []).append(record)
+    atomic_write_text(zoo, json.dumps(manifest, indent=1) + "\n")
+    load_detector(config["backbone"], Path(zoo_id))  # the record must load (and verify) before we say it is there
+    return record
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m detection.zoo", description=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", help="the zoo's detectors and their measured metrics")
+    add = commands.add_parser("add", help="evaluate a finished detection.train run and add it to the zoo")
+    add.add_argument("run_dir", type=Path, help="a finished detection.train output directory (config.json and "
+                     "final.safetensors)")  # fmt: skip
+    add.add_argument("--id", required=True, help="zoo id, e.g. det_resnet20_c4_fashion_det; becomes weights/ID.safetensors")
+    add.add_argument("--data-root", type=Path, required=True, help="where the run's test set lives (e.g. the "
+                     "fashion_det output, a VOCdevkit, the COCO root)")  # fmt: skip
+    add.add_argument("--device", default="auto", help="where the evaluation runs: auto (cuda if present), cpu, cuda, "
+                     "cuda:N (default: auto)")  # fmt: skip
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "list":
+        for record in read_detectors().values():
+            scores = ", ".join(f"{k} {v}" for k, v in record.metrics.items() if k in ("voc_mAP", "coco_AP", "coco_AP50"))
+            print(f"{record.id:<32} {record.backbone} {record.design.upper():<4} {record.dataset:<12} {scores}  "
+                  f"({record.metrics.get('command')})")  # fmt: skip
+        return 0
+    try:
+        added = add_run(args.run_dir, args.id, args.data_root, device=args.device)
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"error: {error}") from None
+    print(f"added {added['id']}: {added['backbone']} {added['design']} on {added['dataset']}, {added['metrics']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -6,12 +6,19 @@ STAMP := $(VENV)/.installed
 
 .PHONY: quickstart test summary
 
-$(STAMP): pyproject.toml
+TOOLS := .tools
+TRT_STUBS := tensorrt-stubs==10.13.0.35.1
+TRT11_BINDINGS := tensorrt-cu13-bindings==11.4.0.106
+
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --editable '.[test]'
-	# TensorRT's type stubs, for the mypy check of deploy/tensorrt_build.py (TensorRT itself installs
-	# only from NVIDIA's index; the stubs' metadata pins it, hence --no-deps)
-	$(BIN)/python -m pip install --quiet --no-deps tensorrt-stubs==10.13.0.35.1
+	# TensorRT checks where TensorRT cannot run (deploy/tensorrt): its 10.x type stubs for mypy and the
+	# 11.x Python bindings wheel for the removed-API check. Both stay OUT of the venv: the stubs are an
+	# importable empty `tensorrt` package that breaks tools probing `import tensorrt`.
+	$(BIN)/python -m pip uninstall --quiet --yes tensorrt-stubs 2>/dev/null || true
+	$(BIN)/python -m pip install --quiet --no-deps --upgrade --target $(TOOLS)/tensorrt-stubs $(TRT_STUBS)
+	$(BIN)/python -m pip download --quiet --no-deps --dest $(TOOLS) $(TRT11_BINDINGS)
 	touch $(STAMP)
 
 # Train ResNet-20 on a dataset the code generates (no download) and print its held-out accuracy.

@@ -39,9 +39,11 @@ EvalFn = Callable[[nn.Module], dict[str, float]]
 
 
 def cpu_description() -> str:
-    """The CPU's vector ISA as PyTorch dispatches to it, plus the bf16 units when present: e.g.
-    'AVX2' or 'AVX512 + AVX512-BF16 + AMX'. Logged with every run segment and benchmark."""
+    """The CPU's vector ISA as PyTorch dispatches to it, plus the int8 (VNNI) and bf16 units when present:
+    e.g. 'AVX2' or 'AVX512 + VNNI + AVX512-BF16 + AMX'. Logged with every run segment and benchmark."""
     parts = [torch.backends.cpu.get_cpu_capability()]
+    if _cpu_flag("_is_vnni_supported"):
+        parts.append("VNNI")
     if _cpu_flag("_is_avx512_bf16_supported"):
         parts.append("AVX512-BF16")
     if _cpu_flag("_is_amx_tile_supported"):

@@ -4,7 +4,9 @@
 Latency (p50, p99, ms) and throughput (images/s) of exported artifacts side by side with PyTorch eager,
 in one process, on one synthetic batch (natural-looking images through the artifacts' preprocessing).
 
-Detectors (detector ``.onnx`` / ``.engine`` artifacts; the eager baseline is the ``detection.train``
+Every artifact kind runs: onnxruntime (``.onnx``), OpenVINO (``.xml``), TensorRT (``.engine``), AOTInductor
+(``.pt2``), eager, in every precision they were exported in (labels such as ``onnx-int8-sym``,
+``openvino-int8-nncf``, ``openvino-bf16``). Detectors (detector ``.onnx`` / ``.xml`` / ``.engine`` artifacts; the eager baseline is the ``detection.train``
 run directory, ``--eager RUN_DIR``) are timed one image per call, as their graphs take one image:
 a natural-looking image at the detector's own scale (shorter side min_size, 4:3), float in [0, 1],
 to boxes, labels and scores on the host. ``--batch`` does not apply to them.
@@ -16,8 +18,8 @@ timed; ``predict()`` end to end (raw uint8 image -> top-k) is timed separately a
 Fairness: every backend is warmed up on each batch size, then the timed calls run in rounds that
 visit the backends in turn (the order rotating per round), each visit starting with one untimed
 call that absorbs the switch (caches, the previous library's spinning threads). Slow drift of the
-machine thus reaches every backend alike. torch and onnxruntime get the same thread count
-(``--threads``, default torch's current count), and the report records both.
+machine thus reaches every backend alike. torch, onnxruntime and OpenVINO get the same thread count
+(``--threads``, default torch's current count), and the report records it and the CPU's ISA.
 
 Throughput is images per second of timed calls (batch x calls / their total time). Ratios are to
 the eager baseline (``--eager``, else the first eager artifact) at the same batch size: latency
@@ -46,16 +48,26 @@ import numpy as np
 import torch
 
 from backbones.cliargs import COUNT, POSITIVE_INT
+from backbones.engine import cpu_description
 from backbones.fileio import atomic_path, atomic_write_text
 
-from .backends import ArtifactLoadError, OnnxBackend, OnnxDetectionBackend, default_providers
+from .backends import (
+    ArtifactLoadError,
+    OnnxBackend,
+    OnnxDetectionBackend,
+    OpenVINOBackend,
+    OpenVINODetectionBackend,
+    default_providers,
+)
 from .runtime import DetectionPredictor, Predictor, load, load_eager
 from .samples import natural_images
 from .sidecar import SidecarError, read_sidecar, sidecar_path, tool_versions
-from .tensorrt_build import EngineCompatibilityError, TensorRTUnavailable
+from .tensorrt import EngineCompatibilityError, TensorRTUnavailable
 
 REPORT_FORMAT = "resnet-zoo-bench"
-CPU_GOAL = {"batch": 1, "max_latency_ratio": 0.7}  # onnxruntime vs eager, p50
+CPU_GOAL = {"batch": 1, "max_latency_ratio": 0.7}  # onnxruntime fp32 vs eager, p50
+CPU_INT8_GOALS = {"latency": {"batch": 1, "max_ratio": 0.15},  # best int8 artifact vs eager fp32, p50
+                  "throughput": {"batch": 32, "min_ratio": 6.0}}  # best int8 artifact vs eager fp32, images/s
 GPU_GOAL = {"batch": 256, "min_throughput_ratio": 4.0}  # best fp16 backend vs eager fp32
 UNIQUE_IMAGES = 8  # distinct images in the synthetic batch (repeated to the largest batch size)
 
@@ -102,7 +114,21 @@ class Target:
         if isinstance(backend, (OnnxBackend, OnnxDetectionBackend)):
             info["providers"] = backend.providers
             info["onnxruntime_intra_op_threads"] = backend.session.get_session_options().intra_op_num_threads
+        if isinstance(backend, (OpenVINOBackend, OpenVINODetectionBackend)):
+            info["openvino_threads"] = int(backend.compiled.get_property("INFERENCE_NUM_THREADS"))
+            info["openvino_inference_precision"] = str(backend.compiled.get_property("INFERENCE_PRECISION_HINT"))
         return info
+
+
+def precision_label(sidecar: dict[str, Any]) -> str:
+    """``int8-sym`` / ``int8-asym`` / ``int8-nncf`` for the INT8 kinds, else the precision."""
+    precision = sidecar["precision"]
+    if precision != "int8":
+        return precision
+    quantization = sidecar.get("quantization") or {}
+    if quantization.get("tool") == "nncf.quantize":
+        return "int8-nncf"
+    return {"symmetric": "int8-sym", "asymmetric": "int8-asym"}.get(quantization.get("scheme"), "int8")
 
 
 # ---------------------------------------------------------------- loading
@@ -134,20 +160,25 @@ def load_artifact(path: Path, options: BenchOptions, threads: int) -> Target:
         raise SidecarError(f"{path}: no sidecar found; expected {sidecar_path(path)} (written by python -m "
                            "deploy.export next to the artifact)")  # fmt: skip
     sidecar = read_sidecar(path)
-    backend: OnnxBackend | OnnxDetectionBackend
     predictor: Predictor | DetectionPredictor
-    if sidecar["task"] == "detection" and sidecar["backend"] == "onnx":
-        post = sidecar["postprocessing"]
-        backend = OnnxDetectionBackend(path, sidecar["inputs"][0]["name"], [post["boxes"], post["labels"], post["scores"]],
-                                       _onnx_providers(options.device, options.providers), threads=threads)  # fmt: skip
-        predictor = DetectionPredictor(backend, sidecar, str(path))
-    elif sidecar["backend"] == "onnx":
-        backend = OnnxBackend(path, sidecar["inputs"][0]["name"], sidecar["postprocessing"]["output"],
-                              _onnx_providers(options.device, options.providers), threads=threads)  # fmt: skip
-        predictor = Predictor(backend, sidecar, str(path))
+    name, post = sidecar["inputs"][0]["name"], sidecar["postprocessing"]
+    detector = sidecar["task"] == "detection"
+    if sidecar["backend"] == "onnx":
+        providers = _onnx_providers(options.device, options.providers)
+        predictor = (DetectionPredictor(OnnxDetectionBackend(path, name, [post["boxes"], post["labels"], post["scores"]],
+                                                             providers, threads=threads), sidecar, str(path))
+                     if detector else
+                     Predictor(OnnxBackend(path, name, post["output"], providers, threads=threads), sidecar, str(path)))  # fmt: skip
+    elif sidecar["backend"] == "openvino":
+        hint = sidecar["openvino"]["inference_precision"]
+        predictor = (DetectionPredictor(OpenVINODetectionBackend(path, name, [post["boxes"], post["labels"], post["scores"]],
+                                                                 hint, threads=threads), sidecar, str(path))
+                     if detector else
+                     Predictor(OpenVINOBackend(path, name, post["output"], hint, threads=threads), sidecar, str(path)))  # fmt: skip
     else:
         predictor = load(path, device=options.device, verify_sha256=False)  # verified just above
-    return Target(f"{sidecar['backend']}-{sidecar['precision']}", str(path), predictor, sidecar["precision"],
+    precision = precision_label(sidecar)
+    return Target(f"{sidecar['backend']}-{precision}", str(path), predictor, sidecar["precision"],
                   sidecar["model"]["arch"], sidecar["backend"] == "eager")  # fmt: skip
 
 
@@ -364,11 +395,27 @@ def goal_checks(report: dict[str, Any]) -> list[dict[str, Any]]:
         return checks
     if report["device"] == "cpu":
         for row in rows:
-            if backends[row["backend"]]["backend"] == "onnx" and row["batch"] == CPU_GOAL["batch"] and "latency_ratio" in row:
+            fp32_onnx = backends[row["backend"]]["backend"] == "onnx" and backends[row["backend"]]["precision"] == "fp32"
+            if fp32_onnx and row["batch"] == CPU_GOAL["batch"] and "latency_ratio" in row:
                 ratio = row["latency_ratio"]
-                goal = f"cpu: onnxruntime batch-1 p50 latency <= {CPU_GOAL['max_latency_ratio']}x eager"
+                goal = f"cpu: onnxruntime fp32 batch-1 p50 latency <= {CPU_GOAL['max_latency_ratio']}x eager"
                 checks.append({"goal": goal, "backend": row["backend"], "measured": ratio,
                                "passed": ratio <= CPU_GOAL["max_latency_ratio"]})  # fmt: skip
+        int8 = [row for row in rows if backends[row["backend"]]["precision"] == "int8" and "latency_ratio" in row]
+        latency, throughput = CPU_INT8_GOALS["latency"], CPU_INT8_GOALS["throughput"]
+        at_one = [row for row in int8 if row["batch"] == latency["batch"]]
+        if at_one:
+            best = min(at_one, key=lambda row: row["latency_ratio"])
+            checks.append({"goal": f"cpu: best int8 batch-{latency['batch']} p50 latency <= {latency['max_ratio']}x eager fp32",
+                           "backend": best["backend"], "measured": best["latency_ratio"],
+                           "passed": best["latency_ratio"] <= latency["max_ratio"]})  # fmt: skip
+        at_many = [row for row in int8 if row["batch"] == throughput["batch"]]
+        if at_many:
+            best = max(at_many, key=lambda row: row["throughput_ratio"])
+            checks.append({"goal": f"cpu: best int8 batch-{throughput['batch']} throughput >= {throughput['min_ratio']}x "
+                                   "eager fp32",
+                           "backend": best["backend"], "measured": best["throughput_ratio"],
+                           "passed": best["throughput_ratio"] >= throughput["min_ratio"]})  # fmt: skip
     elif any(row["batch"] == GPU_GOAL["batch"] for row in rows):
         fp16 = [row for row in rows if row["batch"] == GPU_GOAL["batch"] and "throughput_ratio" in row
                 and backends[row["backend"]]["precision"] == "fp16"]  # fmt: skip
@@ -386,7 +433,8 @@ def goal_checks(report: dict[str, Any]) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------- the run
 def _environment(device: str) -> dict[str, Any]:
     env: dict[str, Any] = {"python": platform.python_version(), **{k: v for k, v in tool_versions().items() if k != "python"},
-                           "platform": platform.platform(), "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
+                           "platform": platform.platform(), "cpu": _cpu_name(), "cpu_isa": cpu_description(),
+                           "cpu_count": os.cpu_count(),
                            "loadavg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}  # fmt: skip
     if device == "cuda":
         env.update(gpu=torch.cuda.get_device_name(), cudnn_benchmark=torch.backends.cudnn.benchmark,
@@ -460,7 +508,7 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": options.command,
         "device": options.device, "task": task,
         "threads": {"torch_intra_op": torch.get_num_threads(), "torch_inter_op": torch.get_num_interop_threads(),
-                    "onnxruntime_intra_op": threads},
+                    "onnxruntime_intra_op": threads, "openvino": threads},
         "settings": {"batches": batches, "warmup": options.warmup, "iters": options.iters,
                      "rounds": len(round_sizes(options.iters, options.rounds)), "input": shape, "timed": timed,
                      "input_data": "synthetic natural-looking images through the artifacts' preprocessing"},
@@ -483,7 +531,8 @@ def _ratio(value: float | None) -> str:
 def format_table(report: dict[str, Any]) -> str:
     threads = report["threads"]
     lines = [f"device {report['device']}, torch threads {threads['torch_intra_op']} (inter-op {threads['torch_inter_op']}), "
-             f"onnxruntime intra-op threads {threads['onnxruntime_intra_op']}; input {report['settings']['input']}; "
+             f"onnxruntime / OpenVINO threads {threads['onnxruntime_intra_op']}; CPU {report['environment'].get('cpu_isa')}; "
+             f"input {report['settings']['input']}; "
              f"{report['settings']['iters']} timed calls per cell in {report['settings']['rounds']} interleaved rounds; "
              f"baseline {report['baseline']}",
              f"{'batch':>5}  {'backend':<24} {'p50 ms':>9} {'p99 ms':>9} {'images/s':>10} {'p50/eager':>10} "
@@ -569,7 +618,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "for detectors the detection.train run directory")
     parser.add_argument("--batch", type=_int_list, default=[1, 8, 32], help="batch sizes (default 1,8,32)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where every backend runs (default: cpu)")
-    parser.add_argument("--threads", type=POSITIVE_INT, help="torch and onnxruntime intra-op threads (default: torch's current)")
+    parser.add_argument("--threads", type=POSITIVE_INT, help="torch, onnxruntime and OpenVINO intra-op threads (default: "
+                        "torch's current)")  # fmt: skip
     parser.add_argument("--warmup", type=COUNT, default=5, help="untimed calls per backend and batch size")
     parser.add_argument("--iters", type=POSITIVE_INT, default=30, help="timed calls per backend and batch size")
     parser.add_argument("--rounds", type=POSITIVE_INT, default=5, help="interleaved rounds the timed calls are split into")

@@ -157,17 +157,21 @@ class PreparedDetector:
 
 def prepare_detector(arch: str, weights: str | Path, design: str | None = None, *, score_thresh: float | None = None,
                      detections_per_image: int | None = None) -> PreparedDetector:  # fmt: skip
-    """Rebuild the detector of a ``detection.train`` run directory (config.json + final.safetensors).
+    """Rebuild the detector of a ``detection.train`` run directory (config.json + final.safetensors), a zoo
+    detector id, or a torchvision Faster R-CNN checkpoint.
 
     ``arch`` and ``design`` (when given) must be what the run trained; ``score_thresh`` and
     ``detections_per_image`` replace the box head's inference settings (torchvision: 0.05, 100)."""
-    from detection.eval import load_detector, load_run
+    from detection.eval import load_detector, run_or_zoo
+    from detection.torchvision_checkpoints import identify_checkpoint
 
     source = Path(weights)
-    if not source.exists():
-        raise FileNotFoundError(f"{source}: no such run directory (a detector needs a detection.train run: "
-                                "config.json + final.safetensors)")  # fmt: skip
-    config, file = load_run(source)
+    found = run_or_zoo(source)
+    if found is None:  # a checkpoint file: torchvision's (anything else is refused, naming what it is)
+        identify_checkpoint(source)
+        config, file = {"design": "fpn"}, source
+    else:
+        config, file = found
     if design is not None and config["design"] != design:
         raise ValueError(f"{source}: the run trained a {config['design']!r} detector, not {design!r} "
                          f"(pass --detector {config['design']})")  # fmt: skip

@@ -1,7 +1,7 @@
 """One production API over every backend: ``deploy.load(path).predict(images, top_k=5)``.
 
-``path`` is an exported artifact with its sidecar (``.onnx``, ``.engine``/``.plan``, ``.pt2``, an
-eager ``.safetensors``), or a ``backbones.train`` run directory. The sidecar supplies the
+``path`` is an exported artifact with its sidecar (``.onnx``, OpenVINO ``.xml``, ``.engine``/``.plan``,
+``.pt2``, an eager ``.safetensors``), or a ``backbones.train`` run directory. The sidecar supplies the
 preprocessing, the class names and the output semantics; its sha256 must match the artifact.
 
 Detectors (a detector ``.onnx`` or TensorRT engine, or a ``detection.train`` run directory) load as a
@@ -26,8 +26,10 @@ from .backends import (
     DetectorBackend,
     EagerBackend,
     EagerDetectionBackend,
-    OnnxBackend,  # fmt: skip
+    OnnxBackend,
     OnnxDetectionBackend,
+    OpenVINOBackend,
+    OpenVINODetectionBackend,
 )
 from .preprocess import ImageReader, Images, Preprocessor
 from .sidecar import SidecarError, read_sidecar, sidecar_path
@@ -178,42 +180,49 @@ def _detector_sidecar(prepared: Any) -> dict[str, Any]:
 
 
 def load_eager_detector(run: str | Path, device: str = "cpu") -> DetectionPredictor:
-    """A PyTorch eager predictor for a ``detection.train`` run directory (config.json + final.safetensors)."""
-    import json
+    """A PyTorch eager predictor for a ``detection.train`` run directory (config.json + final.safetensors)
+    or a zoo detector id (``python -m detection.zoo list``)."""
+    from detection.eval import run_or_zoo
 
     from .models import prepare_detector
 
-    config = Path(run) / "config.json" if Path(run).is_dir() else Path(run).parent / "config.json"
-    if not config.is_file():
-        raise FileNotFoundError(f"{config} is missing: {run} is not a detection.train run directory")
-    prepared = prepare_detector(json.loads(config.read_text())["backbone"], run)
+    found = run_or_zoo(Path(run))
+    if found is None:
+        raise FileNotFoundError(f"{run}: not a detection.train run directory (config.json + final.safetensors) "
+                                "nor a zoo detector id")  # fmt: skip
+    prepared = prepare_detector(found[0]["backbone"], run)
     return DetectionPredictor(EagerDetectionBackend(prepared.model, device), _detector_sidecar(prepared), str(run))
 
 
 def _open_detection_backend(path: Path, sidecar: dict[str, Any], device: str | None,
                             providers: Sequence[str] | None, strict_gpu: bool) -> DetectorBackend:  # fmt: skip
+    post = sidecar["postprocessing"]
+    input_name, outputs = sidecar["inputs"][0]["name"], [post["boxes"], post["labels"], post["scores"]]
     if sidecar["backend"] == "tensorrt":
-        from .tensorrt_detection import TensorRTDetectionBackend
+        from .tensorrt.detection import TensorRTDetectionBackend
 
         return TensorRTDetectionBackend(path, sidecar, strict_gpu=strict_gpu)
+    if sidecar["backend"] == "openvino":
+        return OpenVINODetectionBackend(path, input_name, outputs, sidecar["openvino"]["inference_precision"])
     if sidecar["backend"] != "onnx":
-        raise SidecarError(f"{sidecar_path(path)}: field 'backend' is {sidecar['backend']!r}; detectors run from ONNX "
-                           "or TensorRT artifacts (or eagerly from their detection.train run directory)")  # fmt: skip
+        raise SidecarError(f"{sidecar_path(path)}: field 'backend' is {sidecar['backend']!r}; detectors run from ONNX, "
+                           "OpenVINO or TensorRT artifacts (or eagerly from their detection.train run directory)")  # fmt: skip
     if providers is None and device == "cpu":
         providers = ["CPUExecutionProvider"]
-    post = sidecar["postprocessing"]
-    return OnnxDetectionBackend(path, sidecar["inputs"][0]["name"], [post["boxes"], post["labels"], post["scores"]],
-                                providers)  # fmt: skip
+    return OnnxDetectionBackend(path, input_name, outputs, providers)
 
 
-def _open_backend(path: Path, sidecar: dict[str, Any], device: str | None, providers: Sequence[str] | None,
-                  strict_gpu: bool) -> Backend:  # fmt: skip
+def open_backend(path: Path, sidecar: dict[str, Any], device: str | None, providers: Sequence[str] | None,
+                 strict_gpu: bool) -> Backend:  # fmt: skip
+    """The classifier backend a (validated) sidecar names, opened on ``path``."""
     backend = sidecar["backend"]
     input_name, output_name = sidecar["inputs"][0]["name"], sidecar["postprocessing"]["output"]
     if backend == "onnx":
         if providers is None and device == "cpu":
             providers = ["CPUExecutionProvider"]
         return OnnxBackend(path, input_name, output_name, providers)
+    if backend == "openvino":
+        return OpenVINOBackend(path, input_name, output_name, sidecar["openvino"]["inference_precision"])
     if backend == "aoti":
         built_for = sidecar["device"]
         if device is not None and device != built_for:
@@ -222,7 +231,7 @@ def _open_backend(path: Path, sidecar: dict[str, Any], device: str | None, provi
         dtype = torch.float16 if sidecar["inputs"][0]["dtype"] == "float16" else torch.float32
         return AotiBackend(path, built_for, dtype)
     if backend == "tensorrt":
-        from .tensorrt_engine import TensorRTBackend
+        from .tensorrt.engine import TensorRTBackend
 
         return TensorRTBackend(path, sidecar, strict_gpu=strict_gpu)
     if backend == "eager":
@@ -266,4 +275,4 @@ def load(path: str | Path, *, device: str | None = None, providers: Sequence[str
     if sidecar["task"] == "detection":
         return DetectionPredictor(_open_detection_backend(path, sidecar, device, providers, strict_gpu), sidecar,
                                   str(path))  # fmt: skip
-    return Predictor(_open_backend(path, sidecar, device, providers, strict_gpu), sidecar, str(path))
+    return Predictor(open_backend(path, sidecar, device, providers, strict_gpu), sidecar, str(path))

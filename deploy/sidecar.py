@@ -45,7 +45,11 @@ and maps the boxes back to the given image: x1, y1, x2, y2 in its pixels. Label 
 ``class_names[l - 1]``. ``preprocessing`` other than channels and value_range is informational.
 
 ``tensorrt`` (backend "tensorrt" only) is ``{"version", "gpu", "compute_capability", "profiles":
-[{input name: {"min", "opt", "max"}}], "calibration": …}``.
+[{input name: {"min", "opt", "max"}}], "strongly_typed": true, "graph_precision": …}``; ``openvino``
+(backend "openvino" only) is ``{"inference_precision": "f32"|"bf16", …}`` and ``artifact.weights``
+names the IR's ``.bin`` (file, sha256, size). A reduced-precision artifact also carries
+``quantization`` (tool, scheme, calibration images and method, Q/DQ counts) and ``accuracy`` (the
+check on real held-out images: agreement, logits error, top-1 accuracy of fp32 and of the artifact).
 
 :func:`read_sidecar` validates a sidecar and raises :class:`SidecarError` naming the file and the
 field. The ``task`` field keeps the format general: a task adds its own checks to ``TASK_CHECKS``.
@@ -66,8 +70,9 @@ from backbones.fileio import atomic_write_text, sha256_of
 
 FORMAT = "resnet-zoo-deploy"
 VERSION = 1
-BACKENDS = ("onnx", "tensorrt", "aoti", "eager")
-PRECISIONS = ("fp32", "fp16", "int8")
+BACKENDS = ("onnx", "openvino", "tensorrt", "aoti", "eager")
+PRECISIONS = ("fp32", "fp16", "int8", "bf16")
+OPENVINO_HINTS = ("f32", "bf16", "f16")
 DTYPES = ("float32", "float16", "int8", "int32", "int64", "uint8", "bool")
 DEVICES = ("any", "cpu", "cuda")  # "any": a portable artifact (ONNX, eager weights)
 SUFFIX = ".json"
@@ -87,7 +92,7 @@ def tool_versions() -> dict[str, str | None]:
     """Versions of the tools that matter for an artifact (None where not installed)."""
     versions: dict[str, str | None] = {"python": platform.python_version()}
     for name, dist in (("torch", "torch"), ("torchvision", "torchvision"), ("onnx", "onnx"),
-                       ("onnxruntime", "onnxruntime"), ("tensorrt", "tensorrt")):  # fmt: skip
+                       ("onnxruntime", "onnxruntime"), ("openvino", "openvino"), ("tensorrt", "tensorrt")):  # fmt: skip
         try:
             versions[name] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -313,6 +318,17 @@ def _check_tensorrt(check: _Checker) -> None:
                 raise check.fail(f"{where}.{name}", f"needs equally long integer shapes with min <= opt <= max, got {shapes}")
 
 
+def _check_openvino(check: _Checker) -> None:
+    check.kind("openvino", dict)
+    check.choice("openvino.inference_precision", OPENVINO_HINTS)
+    file = check.kind("artifact.weights.file", str)
+    if Path(file).name != file or not file.endswith(".bin"):
+        raise check.fail("artifact.weights.file", f"must be the bare name of the IR's .bin file, got {file!r}")
+    if not re.fullmatch(r"[0-9a-f]{64}", str(check.get("artifact.weights.sha256"))):
+        raise check.fail("artifact.weights.sha256", "must be 64 lowercase hex digits")
+    check.kind("artifact.weights.size", int)
+
+
 def validate(data: Any, path: str | Path = "<sidecar>") -> dict[str, Any]:
     """Check a sidecar's fields; return it unchanged or raise :class:`SidecarError`."""
     path = Path(path)
@@ -349,6 +365,10 @@ def validate(data: Any, path: str | Path = "<sidecar>") -> dict[str, Any]:
         raise check.fail("dynamic_axes", f"names tensor(s) {unknown} that are neither inputs nor outputs")
     if backend == "tensorrt":
         _check_tensorrt(check)
+    if backend == "openvino":
+        _check_openvino(check)
+    check.kind("quantization", dict, required=False)
+    check.kind("accuracy", dict, required=False)
     return data
 
 
@@ -382,13 +402,23 @@ def read_sidecar(artifact: str | Path, verify_sha256: bool = True) -> dict[str, 
 
 
 def verify_artifact(artifact: Path, data: dict[str, Any], path: Path) -> None:
-    if not artifact.is_file():
-        raise FileNotFoundError(f"{artifact}: artifact not found (its sidecar {path} exists)")
-    size = artifact.stat().st_size
-    if size != data["artifact"]["size"]:
-        raise SidecarError(f"{artifact}: {size} bytes, but {path} (field 'artifact.size') says "
-                           f"{data['artifact']['size']}; truncated or replaced?")  # fmt: skip
-    digest = sha256_of(artifact)
-    if digest != data["artifact"]["sha256"]:
-        raise SidecarError(f"{artifact}: sha256 {digest} does not match {path} (field 'artifact.sha256' "
-                           f"{data['artifact']['sha256']}); the artifact was changed or the sidecar belongs to another")  # fmt: skip
+    _verify_file(artifact, data["artifact"], path, "artifact")
+    if "weights" in data["artifact"]:  # OpenVINO's .bin
+        weights = artifact.with_name(data["artifact"]["weights"]["file"])
+        if not weights.is_file():
+            raise FileNotFoundError(f"{weights}: the weights of {artifact.name} are missing (an OpenVINO IR is the "
+                                    f".xml and its .bin; {path} names both)")  # fmt: skip
+        _verify_file(weights, data["artifact"]["weights"], path, "artifact.weights")
+
+
+def _verify_file(file: Path, record: dict[str, Any], path: Path, field: str) -> None:
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: artifact not found (its sidecar {path} exists)")
+    size = file.stat().st_size
+    if size != record["size"]:
+        raise SidecarError(f"{file}: {size} bytes, but {path} (field '{field}.size') says "
+                           f"{record['size']}; truncated or replaced?")  # fmt: skip
+    digest = sha256_of(file)
+    if digest != record["sha256"]:
+        raise SidecarError(f"{file}: sha256 {digest} does not match {path} (field '{field}.sha256' "
+                           f"{record['sha256']}); the artifact was changed or the sidecar belongs to another")  # fmt: skip

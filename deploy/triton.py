@@ -1,19 +1,24 @@
 """``python -m deploy.triton ARTIFACT --repository DIR [--name NAME] [--max-batch 32] [--instances 1]
-[--preferred-batch 8,16]``: a Triton Inference Server model repository for an ONNX or TensorRT artifact
-(classifiers, with dynamic batching; detectors, one image of any size per request).
+[--preferred-batch 8,16]``: a Triton Inference Server model repository for an ONNX, OpenVINO or TensorRT
+artifact (classifiers, with dynamic batching; detectors, one image of any size per request).
 
 Writes, all from the artifact's sidecar (tensor names, shapes, data types, classes)::
 
     DIR/<name>/config.pbtxt     platform, max_batch_size, input/output, dynamic_batching, instance_group
-    DIR/<name>/1/model.onnx     (or 1/model.plan) the artifact itself, as Triton's version 1
+    DIR/<name>/1/model.onnx     (or 1/model.plan, or 1/model.xml + 1/model.bin) the artifact, as version 1
     DIR/<name>/labels.txt       the class names, one per line (Triton's classification extension)
     DIR/<name>/sidecar.json     the sidecar, for the client's pre- and post-processing
 
 Then ``tritonserver --model-repository DIR``. The model folder is built beside its final place and
 moved in only when complete; an existing non-empty one is kept unless ``--force``.
 
+OpenVINO IR is served by Triton's OpenVINO backend (``backend: "openvino"``, CPU instances). That
+backend takes one precision parameter, ``HINT_BF16: YES``, written for artifacts exported with
+``--precision bf16``; it cannot pin f32, so an fp32 IR served on a CPU with AVX512-BF16/AMX may run
+in OpenVINO's default bf16 there (the tool says so in a note). ``deploy.load`` always pins it.
+
 AOTInductor and eager artifacts are refused: Triton would run them through its PyTorch backend, which
-this tool does not target; export with ``--format onnx`` or ``--format tensorrt``.
+this tool does not target; export with ``--format onnx``, ``openvino`` or ``tensorrt``.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ from backbones.fileio import atomic_path, atomic_write_text
 
 from .sidecar import SidecarError, read_sidecar, sidecar_path, validate
 
-PLATFORMS = {"onnx": ("onnxruntime_onnx", "model.onnx"), "tensorrt": ("tensorrt_plan", "model.plan")}
+PLATFORMS = {"onnx": ("onnxruntime_onnx", "model.onnx"), "tensorrt": ("tensorrt_plan", "model.plan"),
+             "openvino": ("openvino", "model.xml")}  # the OpenVINO backend is named by "backend", not "platform"
 DATA_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int8": "TYPE_INT8", "int32": "TYPE_INT32",
               "int64": "TYPE_INT64", "uint8": "TYPE_UINT8", "bool": "TYPE_BOOL"}  # fmt: skip
 KINDS = {"auto": "KIND_AUTO", "cpu": "KIND_CPU", "gpu": "KIND_GPU"}
@@ -163,7 +169,7 @@ def _check_request(artifact: Path, sidecar: dict[str, Any], options: TritonOptio
     backend = sidecar["backend"]
     if backend not in PLATFORMS:
         raise TritonError(f"{artifact}: a {backend} artifact; Triton would need its PyTorch backend to run it, which "
-                          "this tool does not target. Export with --format onnx or --format tensorrt for Triton")  # fmt: skip
+                          "this tool does not target. Export with --format onnx, openvino or tensorrt for Triton")  # fmt: skip
     if max_batch < 0:
         raise TritonError(f"--max-batch must be 0 (no batching) or positive, got {max_batch}")
     if options.instances < 1:
@@ -174,6 +180,8 @@ def _check_request(artifact: Path, sidecar: dict[str, Any], options: TritonOptio
         raise TritonError(f"--kind must be one of {list(KINDS)}, got {options.kind!r}")
     if backend == "tensorrt" and options.kind == "cpu":
         raise TritonError(f"{artifact}: a TensorRT engine runs on the GPU only; use --kind gpu or auto")
+    if backend == "openvino" and options.kind == "gpu":
+        raise TritonError(f"{artifact}: Triton's OpenVINO backend runs on the CPU only; use --kind cpu or auto")
     for tensor in sidecar["inputs"] + sidecar["outputs"]:
         if max_batch > 0 and isinstance(tensor["shape"][0], int):
             raise TritonError(f"{artifact}: --max-batch {max_batch} needs a dynamic batch axis, but tensor "
@@ -213,10 +221,10 @@ def model_config(sidecar: dict[str, Any], name: str, options: TritonOptions, max
     # FORMAT_NCHW describes exactly three non-batch dims, so only a batched image input carries it
     image = batched and sidecar["task"] == "classification" and len(first_input["shape"]) == 4
     label_output = sidecar["postprocessing"]["output"] if sidecar["task"] == "classification" else None
-    kind = "gpu" if sidecar["backend"] == "tensorrt" else options.kind
+    kind = {"tensorrt": "gpu", "openvino": "cpu"}.get(sidecar["backend"], options.kind)
     config: dict[str, Any] = {
         "name": name,
-        "platform": platform,
+        **({"backend": platform} if sidecar["backend"] == "openvino" else {"platform": platform}),
         "max_batch_size": max_batch,
         "input": [_tensor(t, batched, image_format=image and t is first_input) for t in sidecar["inputs"]],
         "output": [_tensor(t, batched, labels=t["name"] == label_output) for t in sidecar["outputs"]],
@@ -225,6 +233,8 @@ def model_config(sidecar: dict[str, Any], name: str, options: TritonOptions, max
     if batched:
         config["dynamic_batching"] = {"preferred_batch_size": preferred,
                                       "max_queue_delay_microseconds": options.max_queue_delay_us}  # fmt: skip
+    if sidecar["backend"] == "openvino" and sidecar["openvino"]["inference_precision"] == "bf16":
+        config["parameters"] = [{"key": "HINT_BF16", "value": {"string_value": "YES"}}]
     return config
 
 
@@ -254,6 +264,8 @@ def _labels_text(class_names: list[str], artifact: Path) -> str:
 def _repository_sidecar(sidecar: dict[str, Any], artifact: Path, name: str, model_file: str) -> dict[str, Any]:
     data = copy.deepcopy(sidecar)
     data["artifact"]["file"] = model_file  # same bytes, so the sha256 still holds
+    if "weights" in data["artifact"]:
+        data["artifact"]["weights"]["file"] = str(Path(model_file).with_suffix(".bin"))
     data["triton"] = {"model_name": name, "version": int(VERSION_DIR), "model_file": f"{VERSION_DIR}/{model_file}",
                       "source": str(artifact)}  # fmt: skip
     return validate(data, f"{name}/{SIDECAR}")
@@ -306,6 +318,9 @@ def write_model(artifact: str | Path, repository: str | Path, options: TritonOpt
     try:
         atomic_write_text(staging / CONFIG, config_text)
         _copy_file(artifact, staging / VERSION_DIR / model_file)
+        if sidecar["backend"] == "openvino":  # the IR's weights, beside it under the name Triton expects
+            _copy_file(artifact.with_name(sidecar["artifact"]["weights"]["file"]),
+                       staging / VERSION_DIR / Path(model_file).with_suffix(".bin"))  # fmt: skip
         atomic_write_text(staging / LABELS, labels_text)
         atomic_write_text(staging / SIDECAR, json.dumps(repo_sidecar, indent=1) + "\n")
         staging.chmod(0o777 & ~_umask())
@@ -323,6 +338,9 @@ def _umask() -> int:
 
 
 def _notes(sidecar: dict[str, Any]) -> list[str]:
+    if sidecar["backend"] == "openvino" and sidecar["openvino"]["inference_precision"] != "bf16":
+        return ["Triton's OpenVINO backend cannot pin f32 (its only precision parameter is HINT_BF16): on a CPU with "
+                "AVX512-BF16 or AMX, OpenVINO may run this IR in bf16 there; deploy.load pins f32"]
     if sidecar["backend"] != "tensorrt":
         return []
     record = sidecar["tensorrt"]
@@ -342,7 +360,8 @@ def _batch_list(text: str) -> list[int]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m deploy.triton", description=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("artifact", type=Path, help="an ONNX (.onnx) or TensorRT (.engine/.plan) artifact with its sidecar")
+    parser.add_argument("artifact", type=Path, help="an ONNX (.onnx), OpenVINO (.xml + .bin) or TensorRT (.engine/.plan) "
+                        "artifact with its sidecar")  # fmt: skip
     parser.add_argument("--repository", type=Path, required=True, help="the Triton model repository folder")
     parser.add_argument("--name", help="model name (default: the artifact's file name without suffix)")
     parser.add_argument("--max-batch", type=COUNT, help=f"max_batch_size (0: no batching; default {DEFAULT_MAX_BATCH}, "

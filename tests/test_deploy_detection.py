@@ -25,7 +25,7 @@ import deploy
 from backbones.fileio import sha256_of
 from backbones.weights import save_weights
 from deploy.backends import OnnxDetectionBackend
-from deploy.detection_export import (
+from deploy.exporters.detector import (
     OUTPUT_NAMES,
     ExactResizeTransform,
     build_detector_onnx,
@@ -40,9 +40,9 @@ from deploy.models import prepare_detector
 from deploy.runtime import DetectionPredictor
 from deploy.samples import natural_images
 from deploy.sidecar import SidecarError, read_sidecar, sidecar_path, validate
-from deploy.static_topk import fewest_anchors
-from deploy.tensorrt_build import TensorRTUnavailable, tensorrt_available
-from deploy.tensorrt_detection import detector_profiles
+from deploy.tensorrt.static_topk import fewest_anchors
+from deploy.tensorrt import TensorRTUnavailable, tensorrt_available
+from deploy.tensorrt.detection import detector_profiles
 from detection.train import build_detector
 
 CLASSES = ["shirt", "trouser", "pullover", "dress", "coat", "sandal", "sneaker", "bag", "boot", "hat"]
@@ -210,7 +210,7 @@ def test_exact_resize_matches_eager_sizes(tmp_path):
 
 
 def test_export_mismatch_fails_and_leaves_nothing(runs, tmp_path, monkeypatch):
-    from deploy import backends
+    from deploy.backends import onnxrt as backends
 
     original = backends.OnnxDetectionBackend.__call__
 
@@ -226,7 +226,7 @@ def test_export_mismatch_fails_and_leaves_nothing(runs, tmp_path, monkeypatch):
 
 
 def test_detector_exporter_failure_names_the_step(runs, tmp_path, monkeypatch):
-    from deploy import detection_export
+    from deploy.exporters import detector as detection_export
 
     def broken(*args, **kwargs):
         raise RuntimeError("torch.onnx: cannot export roi_align\nsecond line")
@@ -319,14 +319,17 @@ def test_classifier_given_detector_options_and_other_bad_requests(runs, tmp_path
         export_model("resnet18", runs["c4"], tmp_path / "d.onnx", detector="c4")
     with pytest.raises(ValueError, match="needs --weights RUN_DIR"):
         export_model("resnet20", None, tmp_path / "d.onnx", detector="c4")
-    with pytest.raises(ValueError, match=r"detectors export to ONNX or TensorRT \(--format onnx\|tensorrt\), not 'aoti'"):
+    with pytest.raises(ValueError, match=r"detectors export to ONNX, OpenVINO or TensorRT \(--format onnx\|openvino\|tensorrt\), not 'aoti'"):
         export_model("resnet20", runs["c4"], tmp_path / "d.pt2", detector="c4", format="aoti")
-    with pytest.raises(ValueError, match=r"support precision \['fp32', 'fp16'\], not 'int8' \(INT8 calibration"):
-        export_model("resnet20", runs["c4"], tmp_path / "d.engine", detector="c4", format="tensorrt", precision="int8")
+    with pytest.raises(ValueError, match=r"support precision \['fp32', 'fp16', 'int8'\], not 'bf16'"):
+        export_model("resnet20", runs["c4"], tmp_path / "d.engine", detector="c4", format="tensorrt", precision="bf16")
     with pytest.raises(ValueError, match=r"d\.onnx: a detector tensorrt artifact must end in \.engine or \.plan"):
         export_model("resnet20", runs["c4"], tmp_path / "d.onnx", detector="c4", format="tensorrt")
-    with pytest.raises(ValueError, match=r"detector onnx exports support precision \['fp32'\], not 'fp16'"):
+    with pytest.raises(ValueError, match=r"a fp16 detector is checked by the mAP it keeps against fp32: give --eval-dataset"):
         export_model("resnet20", runs["c4"], tmp_path / "d.onnx", detector="c4", precision="fp16")
+    with pytest.raises(ValueError, match=r"an int8 detector needs calibration images"):
+        export_model("resnet20", runs["c4"], tmp_path / "d.onnx", detector="c4", precision="int8",
+                     eval_dataset="fashion-det", data_root=tmp_path)  # fmt: skip
     assert not list(tmp_path.iterdir())
 
 

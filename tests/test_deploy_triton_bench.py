@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import onnx
 import pytest
@@ -75,7 +76,7 @@ def _model_config_class() -> type:
                                    "TYPE_FP64", "TYPE_STRING", "TYPE_BF16"]):  # fmt: skip
         data_type.value.add(name=name, number=number)
 
-    def message(name: str, fields: list[tuple], enums: dict[str, list[str]] | None = None) -> None:
+    def message(name: str, fields: list[tuple], enums: dict[str, list[str]] | None = None) -> Any:
         proto = file.message_type.add(name=name)
         for enum_name, values in (enums or {}).items():
             enum = proto.enum_type.add(name=enum_name)
@@ -86,6 +87,7 @@ def _model_config_class() -> type:
             field = proto.field.add(name=field_name, number=number, type=kind, label=label)
             if type_name:
                 field.type_name = type_name[0]
+        return proto
 
     message("ModelTensorReshape", [("shape", 1, F.TYPE_INT64, True)])
     message("ModelInput", [("name", 1, F.TYPE_STRING, False), ("data_type", 2, F.TYPE_ENUM, False, ".inference.DataType"),
@@ -101,12 +103,18 @@ def _model_config_class() -> type:
                                    ("gpus", 3, F.TYPE_INT32, True),
                                    ("kind", 4, F.TYPE_ENUM, False, ".inference.ModelInstanceGroup.Kind")],
             {"Kind": ["KIND_AUTO", "KIND_GPU", "KIND_CPU", "KIND_MODEL"]})  # fmt: skip
-    message("ModelConfig", [("name", 1, F.TYPE_STRING, False), ("platform", 2, F.TYPE_STRING, False),
-                            ("max_batch_size", 4, F.TYPE_INT32, False),
+    message("ModelParameter", [("string_value", 1, F.TYPE_STRING, False)])
+    config = message("ModelConfig", [("name", 1, F.TYPE_STRING, False), ("platform", 2, F.TYPE_STRING, False),
+                            ("backend", 17, F.TYPE_STRING, False), ("max_batch_size", 4, F.TYPE_INT32, False),
+                            ("parameters", 14, F.TYPE_MESSAGE, True, ".inference.ModelConfig.ParametersEntry"),
                             ("input", 5, F.TYPE_MESSAGE, True, ".inference.ModelInput"),
                             ("output", 6, F.TYPE_MESSAGE, True, ".inference.ModelOutput"),
                             ("instance_group", 7, F.TYPE_MESSAGE, True, ".inference.ModelInstanceGroup"),
                             ("dynamic_batching", 11, F.TYPE_MESSAGE, False, ".inference.ModelDynamicBatching")])  # fmt: skip
+    entry = config.nested_type.add(name="ParametersEntry")  # map<string, ModelParameter> parameters = 14
+    entry.options.map_entry = True
+    entry.field.add(name="key", number=1, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
+    entry.field.add(name="value", number=2, type=F.TYPE_MESSAGE, label=F.LABEL_OPTIONAL, type_name=".inference.ModelParameter")
     pool = descriptor_pool.DescriptorPool()
     pool.Add(file)
     return message_factory.GetMessageClass(pool.FindMessageTypeByName("inference.ModelConfig"))
@@ -274,7 +282,7 @@ def test_bench_onnx_vs_eager(r20, tmp_path, capsys, keep_threads):
     assert bench_main([str(r20), "--eager", "resnet20", "--batch", "1,2", "--iters", "2", "--warmup", "1",
                        "--threads", "1", "--json", str(out_json), "--png", str(out_png)]) == 0  # fmt: skip
     printed = capsys.readouterr().out
-    assert "p50/eager" in printed and "goal cpu: onnxruntime batch-1" in printed
+    assert "p50/eager" in printed and "goal cpu: onnxruntime fp32 batch-1" in printed
     report = json.loads(out_json.read_text())
     assert report["baseline"] == "eager-fp32" and report["device"] == "cpu"
     assert report["threads"]["torch_intra_op"] == report["threads"]["onnxruntime_intra_op"] == 1

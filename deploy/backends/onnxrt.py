@@ -1,42 +1,17 @@
-"""The engines a :class:`deploy.runtime.Predictor` runs on. Each takes a normalised float32 (N, C, H, W)
-CPU batch and returns the raw outputs (logits) as a float32 CPU tensor; device transfers are theirs.
-Detector backends (:class:`DetectorBackend`) take one float (C, H, W) image in [0, 1] at its own size
-and return its boxes, labels and scores (the graph resizes, normalises and post-processes).
-
-TensorRT's backend lives in :mod:`deploy.tensorrt_engine` (it needs ``tensorrt`` and CUDA).
-"""
+"""onnxruntime backends: classifier graphs (a normalised batch in, logits out) and detector graphs
+(one image in, boxes / labels / scores out)."""
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-
-class Backend(Protocol):
-    name: str
-    device: str
-    max_batch: int | None  # the largest batch the artifact takes (None: any)
-
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor: ...
-
-
-class ArtifactLoadError(RuntimeError):
-    """An artifact its engine cannot open (corrupt file, wrong device, missing library)."""
-
-
-def _threads() -> int:
-    """Honour OMP_NUM_THREADS for onnxruntime too (0 = its default)."""
-    try:
-        return max(0, int(os.environ.get("OMP_NUM_THREADS", "0")))
-    except ValueError:
-        return 0
+from .base import ArtifactLoadError, Detections, env_threads
 
 
 def default_providers() -> list[str]:
@@ -53,7 +28,7 @@ def open_onnx_session(path: Path, providers: Sequence[str] | None = None, thread
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = _threads() if threads is None else threads
+    options.intra_op_num_threads = env_threads() if threads is None else threads
     wanted = list(providers) if providers is not None else default_providers()
     try:
         return ort.InferenceSession(str(path), options, providers=wanted)
@@ -94,59 +69,6 @@ class OnnxBackend:
         return torch.from_numpy(np.asarray(output, dtype=np.float32))
 
 
-class AotiBackend:
-    """An AOTInductor package (``.pt2``) compiled by ``torch._inductor.aoti_compile_and_package``."""
-
-    name = "aoti"
-
-    def __init__(self, path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> None:
-        self.path, self.device, self.dtype = Path(path), device, dtype
-        self.max_batch: int | None = None
-        if device == "cuda" and not torch.cuda.is_available():
-            raise ArtifactLoadError(f"{self.path}: compiled for CUDA, and torch.cuda.is_available() is False here")
-        try:
-            self.runner: Any = torch._inductor.aoti_load_package(str(self.path))
-        except Exception as error:  # a corrupt zip, a package for another torch or platform
-            raise ArtifactLoadError(f"{self.path}: cannot load the AOTInductor package ({type(error).__name__}: "
-                                    f"{error}); it must be loaded by the torch version that compiled it") from None  # fmt: skip
-
-    @torch.no_grad()
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        output = self.runner(batch.to(self.device, self.dtype).contiguous())
-        if isinstance(output, (list, tuple)):
-            output = output[0]
-        return output.float().cpu()
-
-
-class EagerBackend:
-    """A PyTorch module run as is (the reference every exported artifact is checked against)."""
-
-    name = "eager"
-
-    def __init__(self, model: nn.Module, device: str = "cpu") -> None:
-        if device == "cuda" and not torch.cuda.is_available():
-            raise ArtifactLoadError("device 'cuda' asked for, and torch.cuda.is_available() is False here")
-        self.model, self.device = model.to(device).eval(), device
-        self.max_batch: int | None = None
-
-    @torch.no_grad()
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.model(batch.to(self.device, torch.float32)).float().cpu()
-
-
-# ---------------------------------------------------------------- detectors
-Detections = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # boxes (N, 4) float32, labels (N,) int64, scores (N,) float32
-
-
-class DetectorBackend(Protocol):
-    """Runs a detector on ONE float (C, H, W) image in [0, 1]; boxes in that image's pixels."""
-
-    name: str
-    device: str
-
-    def __call__(self, image: torch.Tensor) -> Detections: ...
-
-
 class OnnxDetectionBackend:
     name = "onnx"
 
@@ -172,19 +94,3 @@ class OnnxDetectionBackend:
         return (torch.from_numpy(np.asarray(boxes, dtype=np.float32)).reshape(-1, 4),
                 torch.from_numpy(np.asarray(labels, dtype=np.int64)),
                 torch.from_numpy(np.asarray(scores, dtype=np.float32)))
-
-
-class EagerDetectionBackend:
-    """A torchvision detector (``model([image])[0]``) run as is: the reference exports are checked against."""
-
-    name = "eager"
-
-    def __init__(self, model: nn.Module, device: str = "cpu") -> None:
-        if device == "cuda" and not torch.cuda.is_available():
-            raise ArtifactLoadError("device 'cuda' asked for, and torch.cuda.is_available() is False here")
-        self.model, self.device = model.to(device).eval(), device
-
-    @torch.no_grad()
-    def __call__(self, image: torch.Tensor) -> Detections:
-        output = self.model([image.to(self.device, torch.float32)])[0]
-        return output["boxes"].float().cpu(), output["labels"].long().cpu(), output["scores"].float().cpu()

@@ -1,7 +1,11 @@
-"""``python -m deploy.typecheck_tensorrt [FILE ...]``: type-check TensorRT code where TensorRT cannot run.
+"""``python -m deploy.tensorrt.typecheck [FILE ...]``: type-check TensorRT code where TensorRT cannot run.
 
-TensorRT's wheels cannot be installed everywhere, but ``tensorrt-stubs`` (``pip install --no-deps
-tensorrt-stubs``) describes its Python API. As published, mypy cannot use them; three mechanical
+TensorRT's wheels cannot be installed everywhere, but ``tensorrt-stubs`` describes its (10.x)
+Python API. The stubs install an importable, empty ``tensorrt`` package, which makes tools that probe
+``import tensorrt`` (Model Optimizer's ONNX quantizer, our own ``tensorrt_available``) misbehave on a
+CPU, so they live outside the runtime environment: ``pip install --no-deps --target
+.tools/tensorrt-stubs tensorrt-stubs`` (what ``make`` does; ``--stubs DIR`` or ``TENSORRT_STUBS`` point
+elsewhere). As published, mypy cannot use them; three mechanical
 fixes to a copy make it work (DESIGN.md, "TensorRT where TensorRT cannot be installed"):
 
 1. plugin methods name parameters ``in`` / ``out`` (Python keywords: a syntax error): renamed ``in_`` / ``out_``;
@@ -9,7 +13,7 @@ fixes to a copy make it work (DESIGN.md, "TensorRT where TensorRT cannot be inst
    which keeps the real positional order;
 3. ``import tensorrt_libs`` (a runtime-only package): dropped.
 
-mypy then runs on our files (default: deploy/tensorrt_build.py, tensorrt_engine.py, tensorrt_detection.py)
+mypy then runs on our files (default: every module of deploy/tensorrt/ that imports tensorrt)
 with MYPYPATH pointing at the fixed copy. Two kinds of report are noise and are filtered: errors
 inside the stubs themselves (they are not silenced entirely by ``follow_imports = silent``), and
 ``arg-type`` errors for tuples/lists passed where ``Dims``/``Permutation`` is expected (pybind
@@ -30,8 +34,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_FILES = tuple(REPO / "deploy" / name for name in ("tensorrt_build.py", "tensorrt_engine.py", "tensorrt_detection.py"))
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_STUBS = REPO / ".tools" / "tensorrt-stubs"
 STUB_PACKAGES = ("tensorrt", "tensorrt_bindings")
 # Modules our TensorRT files import besides tensorrt: not followed (fast, and their errors are not ours).
 SKIPPED_IMPORTS = "torch.*,torchvision.*,numpy.*,PIL.*,onnx.*,onnxruntime.*,safetensors.*,backbones.*"
@@ -50,12 +54,24 @@ class FixCounts:
     runtime_imports: int = 0
 
 
-def installed_stub_files() -> list[tuple[Path, Path]]:
-    """(absolute path, path relative to site-packages) of every .pyi tensorrt-stubs installed."""
-    try:
-        files = metadata.files("tensorrt-stubs") or []
-    except metadata.PackageNotFoundError:
-        raise CheckUnavailable("tensorrt-stubs is not installed (pip install --no-deps tensorrt-stubs)") from None
+def stubs_directory() -> Path:
+    return Path(os.environ.get("TENSORRT_STUBS", DEFAULT_STUBS))
+
+
+def default_files() -> list[Path]:
+    from .api_check import tensorrt_files
+
+    return tensorrt_files(REPO / "deploy" / "tensorrt")
+
+
+def installed_stub_files(directory: Path | None = None) -> list[tuple[Path, Path]]:
+    """(absolute path, path relative to the install folder) of every .pyi of tensorrt-stubs in ``directory``."""
+    directory = directory or stubs_directory()
+    found_dist = next(iter(metadata.distributions(name="tensorrt-stubs", path=[str(directory)])), None)
+    if found_dist is None:
+        raise CheckUnavailable(f"tensorrt-stubs is not installed in {directory} (pip install --no-deps --target "
+                               f"{directory} tensorrt-stubs)")  # fmt: skip
+    files = found_dist.files or []
     found = [(Path(str(f.locate())), Path(str(f))) for f in files
              if str(f).endswith(".pyi") and Path(str(f)).parts[0] in STUB_PACKAGES]  # fmt: skip
     if not found:
@@ -169,11 +185,11 @@ def run_check(files: list[Path], verbose: bool = False) -> tuple[int, list[str]]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deploy.typecheck_tensorrt", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m deploy.tensorrt.typecheck", description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="*", type=Path, help="files to check (default: deploy's TensorRT modules)")
     parser.add_argument("-q", "--quiet", action="store_true")
     args = parser.parse_args(argv)
-    files = args.files or list(DEFAULT_FILES)
+    files = args.files or default_files()
     try:
         status, report = run_check(files, verbose=not args.quiet)
     except (CheckUnavailable, FileNotFoundError) as error:

@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from .backends import ArtifactLoadError, Detections
-from .tensorrt_build import dims_to_list
-from .tensorrt_engine import EngineBackend
+from ..backends.base import ArtifactLoadError, Detections
+from .environment import dims_to_list
+from .engine import EngineBackend
 
 SMALLEST_SIDE = 32  # the profile's minimum height and width (the graph upsamples small images anyway)
 

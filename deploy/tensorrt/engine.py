@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .backends import ArtifactLoadError
-from .tensorrt_build import check_engine_compatibility, dims_to_list, require_tensorrt, running_environment
+from ..backends.base import ArtifactLoadError
+from .environment import check_engine_compatibility, dims_to_list, require_tensorrt, running_environment
 
 if TYPE_CHECKING:
     import tensorrt as trt

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+# The official test split ships with the package (MIT licence, 4.4 MB): real images in every clone.
+BUNDLED_FASHION_MNIST = Path(__file__).resolve().parent / "data" / "fashion-mnist"
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -85,16 +87,29 @@ def _find(root: Path, stem: str) -> Path:
     for candidate in (root / f"{stem}.gz", root / stem):
         if candidate.exists():
             return candidate
+    shipped = " (only the test split ships with this package)" if stem.startswith("train") else ""
     raise FileNotFoundError(f"{root}: missing {stem}(.gz); expected the official Fashion-MNIST IDX files there "
-                            "(apt-get install dataset-fashion-mnist, or pass --data DIR)")  # fmt: skip
+                            f"(apt-get install dataset-fashion-mnist, or pass --data DIR){shipped}")  # fmt: skip
+
+
+def fashion_mnist_root(root: str | Path | None, split: str) -> Path:
+    """Where a split's IDX files are: ``root`` if given, else $FASHION_MNIST_DIR or the system copy, and
+    for the test split, when neither has it, the copy shipped with this package."""
+    if root:
+        return Path(root)
+    system = Path(os.environ.get("FASHION_MNIST_DIR", FASHION_MNIST_DIR))
+    if split == "test" and not any((system / f"t10k-images-idx3-ubyte{s}").exists() for s in (".gz", "")):
+        return BUNDLED_FASHION_MNIST
+    return system
 
 
 def load_fashion_mnist(root: str | Path | None = None, split: str = "train") -> ArrayDataset:
-    """The official 60k/10k split from ``train-*`` / ``t10k-*`` IDX files."""
-    root = Path(root) if root else Path(os.environ.get("FASHION_MNIST_DIR", FASHION_MNIST_DIR))
+    """The official 60k/10k split from ``train-*`` / ``t10k-*`` IDX files (the test split also ships with
+    the package: :data:`BUNDLED_FASHION_MNIST`)."""
     prefix = {"train": "train", "test": "t10k"}.get(split)
     if prefix is None:
         raise ValueError(f"Fashion-MNIST split must be 'train' or 'test', got {split!r}")
+    root = fashion_mnist_root(root, split)
     images_path, labels_path = _find(root, f"{prefix}-images-idx3-ubyte"), _find(root, f"{prefix}-labels-idx1-ubyte")
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3:

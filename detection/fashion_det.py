@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import shutil
 import sys
 import xml.etree.ElementTree as ET
@@ -50,7 +49,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from backbones.datasets import FASHION_MNIST_DIR, ArrayDataset, load_fashion_mnist
+from backbones.datasets import FASHION_MNIST_DIR, ArrayDataset, fashion_mnist_root, load_fashion_mnist
 from backbones.fileio import atomic_path, atomic_write_text
 
 __all__ = ["FASHION_DET_CLASSES", "FashionDetConfig", "compose_canvas", "generate", "main", "voc_xml"]
@@ -317,11 +316,16 @@ def _prepare_output(output: Path, force: bool) -> None:
     output.mkdir(parents=True, exist_ok=True)
 
 
-def _load_sources(fashion_mnist: str | Path | Sequence[ArrayDataset] | None) -> tuple[dict[str, ArrayDataset], str]:
-    """{"train": .., "test": ..} grey item sets and a description of where they came from."""
+def _load_sources(fashion_mnist: str | Path | Sequence[ArrayDataset] | None,
+                  config: FashionDetConfig) -> tuple[dict[str, ArrayDataset], str]:  # fmt: skip
+    """{"train": .., "test": ..} grey item sets and a description of where they came from. A split with no
+    canvases to make is not read (``--train-images 0`` needs only the test split, which ships with
+    the package)."""
     if fashion_mnist is None or isinstance(fashion_mnist, (str, Path)):
-        sources = {split: load_fashion_mnist(fashion_mnist, split) for split in ("train", "test")}
-        description = str(fashion_mnist or os.environ.get("FASHION_MNIST_DIR", FASHION_MNIST_DIR))
+        sources = {split.name: load_fashion_mnist(fashion_mnist, split.fashion_mnist_split) if config.count(split)
+                   else _no_items(split.name) for split in SPLITS}  # fmt: skip
+        description = ", ".join(str(fashion_mnist_root(fashion_mnist, split.fashion_mnist_split)) for split in SPLITS
+                                if config.count(split))  # fmt: skip
     else:
         if len(fashion_mnist) != 2:
             raise ValueError("fashion_mnist must be a directory or a (train, test) pair of ArrayDatasets")
@@ -334,6 +338,13 @@ def _load_sources(fashion_mnist: str | Path | Sequence[ArrayDataset] | None) -> 
             raise ValueError(f"{dataset.name}: expected the {len(FASHION_DET_CLASSES)} Fashion-MNIST classes, "
                              f"got {len(dataset.class_names)}")  # fmt: skip
     return sources, description
+
+
+def _no_items(split: str) -> ArrayDataset:
+    import torch
+
+    return ArrayDataset(torch.zeros((0, 1, 28, 28), dtype=torch.uint8), torch.zeros(0, dtype=torch.int64),
+                        list(FASHION_DET_CLASSES), f"fashion-mnist/{split} (not read: no canvases)")  # fmt: skip
 
 
 def _generate_split(output: Path, split: _Split, first_id: int, source: ArrayDataset, config: FashionDetConfig,
@@ -398,7 +409,7 @@ def generate(
     """
     config = FashionDetConfig(seed, train_images, test_images, canvas, min_size, max_size, max_objects)
     config.validate()
-    sources, description = _load_sources(fashion_mnist)
+    sources, description = _load_sources(fashion_mnist, config)
     output = Path(output)
     _prepare_output(output, force)
     writer = _Writer()
@@ -442,7 +453,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-size", type=int, default=defaults.max_size, help="largest item side in pixels")
     parser.add_argument("--max-objects", type=int, default=defaults.max_objects, help="most items per canvas")
     parser.add_argument("--fashion-mnist", type=Path, default=None,
-                        help=f"directory of the official Fashion-MNIST IDX files (default {FASHION_MNIST_DIR})")
+                        help=f"directory of the official Fashion-MNIST IDX files (default {FASHION_MNIST_DIR}; the test "
+                        "split also ships with the package, so --train-images 0 needs no download)")
     parser.add_argument("--force", action="store_true", help="replace an earlier output in a non-empty directory")
     args = parser.parse_args(argv)
     try:

@@ -61,35 +61,45 @@ def zoo_path() -> Path:
     return Path(os.environ.get(ZOO_ENV, DEFAULT_ZOO))
 
 
-def read_zoo(path: str | Path | None = None) -> dict[str, ZooRecord]:
-    """All records of a zoo manifest by id; a malformed manifest raises ValueError naming the field."""
-    path = Path(path) if path is not None else zoo_path()
-    if not path.exists():
-        return {}
+def manifest_entries(path: Path, section: str, required: tuple[str, ...],
+                     optional_section: bool = False) -> list[tuple[str, dict[str, Any]]]:  # fmt: skip
+    """(where, entry) of every record in a manifest's ``section`` list, each an object holding the
+    ``required`` fields, with a sha256 field of 64 hex digits and a unique id; else ValueError naming
+    the record and the field. Shared by the backbone and the detector zoo."""
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}: not valid JSON ({error})") from None
-    entries = data.get("weights") if isinstance(data, dict) else None
+    entries = data.get(section, [] if optional_section else None) if isinstance(data, dict) else None
     if not isinstance(entries, list):
-        raise ValueError(f'{path}: expected an object with a "weights" list')
-    records: dict[str, ZooRecord] = {}
+        raise ValueError(f'{path}: expected an object with a "{section}" list')
+    found: list[tuple[str, dict[str, Any]]] = []
+    seen: set[str] = set()
     for index, entry in enumerate(entries):
-        where = f"{path}: weights[{index}]"
+        where = f"{path}: {section}[{index}]"
         if not isinstance(entry, dict):
             raise ValueError(f"{where}: expected an object, got {type(entry).__name__}")
-        missing = [key for key in _REQUIRED_FIELDS if key not in entry]
+        missing = [key for key in required if key not in entry]
         if missing:
             raise ValueError(f"{where} ({entry.get('id', '?')}): missing field(s) {missing}")
         if not re.fullmatch(r"[0-9a-f]{64}", str(entry["sha256"])):
             raise ValueError(f"{where} ({entry['id']}): field 'sha256' must be 64 hex digits")
         if not isinstance(entry["class_names"], list) or not entry["class_names"]:
             raise ValueError(f"{where} ({entry['id']}): field 'class_names' must be a non-empty list")
-        if entry["id"] in records:
+        if entry["id"] in seen:
             raise ValueError(f"{where}: duplicate id {entry['id']!r}")
-        known = {key: entry[key] for key in _REQUIRED_FIELDS}
-        records[entry["id"]] = ZooRecord(**known, path=path.parent / entry["file"])
-    return records
+        seen.add(entry["id"])
+        found.append((where, entry))
+    return found
+
+
+def read_zoo(path: str | Path | None = None) -> dict[str, ZooRecord]:
+    """All records of a zoo manifest by id; a malformed manifest raises ValueError naming the field."""
+    path = Path(path) if path is not None else zoo_path()
+    if not path.exists():
+        return {}
+    return {entry["id"]: ZooRecord(**{key: entry[key] for key in _REQUIRED_FIELDS}, path=path.parent / entry["file"])
+            for _, entry in manifest_entries(path, "weights", _REQUIRED_FIELDS)}  # fmt: skip
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:

@@ -116,7 +116,7 @@ class Target:
             info["onnxruntime_intra_op_threads"] = backend.session.get_session_options().intra_op_num_threads
         if isinstance(backend, (OpenVINOBackend, OpenVINODetectionBackend)):
             info["openvino_threads"] = int(backend.compiled.get_property("INFERENCE_NUM_THREADS"))
-            info["openvino_inference_precision"] = str(backend.compiled.get_property("INFERENCE_PRECISION_HINT"))
+            info["openvino_inference_precision"] = backend.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
         return info
 
 
@@ -128,7 +128,7 @@ def precision_label(sidecar: dict[str, Any]) -> str:
     quantization = sidecar.get("quantization") or {}
     if quantization.get("tool") == "nncf.quantize":
         return "int8-nncf"
-    return {"symmetric": "int8-sym", "asymmetric": "int8-asym"}.get(quantization.get("scheme"), "int8")
+    return {"symmetric": "int8-sym", "asymmetric": "int8-asym"}.get(str(quantization.get("scheme")), "int8")
 
 
 # ---------------------------------------------------------------- loading

@@ -34,9 +34,9 @@ def run_title(run: Path, config: dict[str, Any]) -> str:
         title += f" (backbone {config['backbone_weights']})"
     record = read_detectors().get(str(run)) if not run.exists() else None
     if record is not None:
-        metrics = record.metrics
-        return (f"{title}, zoo {record.id}: VOC07 mAP {metrics.get('voc_mAP', float('nan')):.1f}, COCO AP50 "
-                f"{metrics.get('coco_AP50', float('nan')):.1f}, AP {metrics.get('coco_AP', float('nan')):.1f}")  # fmt: skip
+        scores = record.metrics
+        return (f"{title}, zoo {record.id}: VOC07 mAP {scores.get('voc_mAP', float('nan')):.1f}, COCO AP50 "
+                f"{scores.get('coco_AP50', float('nan')):.1f}, AP {scores.get('coco_AP', float('nan')):.1f}")  # fmt: skip
     metrics = run / "metrics.jsonl"
     records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.is_file() else []
     evals = [r for r in records if r.get("kind") == "eval"]

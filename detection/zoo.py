@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from backbones.fileio import atomic_path, atomic_write_text, sha256_of
-from backbones.weights import verify_zoo_file, zoo_path
+from backbones.weights import manifest_entries, verify_zoo_file, zoo_path
 
 SECTION = "detectors"
 CONFIG_KEYS = ("backbone", "backbone_weights", "design", "freeze_at", "dataset", "model", "class_names", "channels",
@@ -53,25 +53,10 @@ def read_detectors(path: str | Path | None = None) -> dict[str, DetectorRecord]:
     path = Path(path) if path is not None else zoo_path()
     if not path.exists():
         return {}
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from None
-    entries = data.get(SECTION, []) if isinstance(data, dict) else None
-    if not isinstance(entries, list):
-        raise ValueError(f'{path}: "{SECTION}" must be a list of detector records')
     records: dict[str, DetectorRecord] = {}
-    for index, entry in enumerate(entries):
-        where = f"{path}: {SECTION}[{index}]"
-        if not isinstance(entry, dict):
-            raise ValueError(f"{where}: expected an object, got {type(entry).__name__}")
-        missing = [key for key in _REQUIRED if key not in entry]
-        if missing:
-            raise ValueError(f"{where} ({entry.get('id', '?')}): missing field(s) {missing}")
+    for where, entry in manifest_entries(path, SECTION, _REQUIRED, optional_section=True):
         if not isinstance(entry["config"], dict) or not {"design", "model", "class_names"} <= set(entry["config"]):
             raise ValueError(f"{where} ({entry['id']}): field 'config' must hold the run's design, model and class_names")
-        if entry["id"] in records:
-            raise ValueError(f"{where}: duplicate id {entry['id']!r}")
         records[entry["id"]] = DetectorRecord(**{key: entry[key] for key in _REQUIRED}, path=path.parent / entry["file"])
     return records
 

@@ -20,10 +20,10 @@ from backbones.fileio import sha256_of
 from backbones.weights import save_weights
 from deploy.export import ExportError, export_model
 from deploy.export import main as export_main
+from deploy.exporters.classifier import check_parity
 from deploy.preprocess import ImageInputError
 from deploy.samples import natural_images
 from deploy.sidecar import SidecarError, read_sidecar, sidecar_path, validate
-from deploy.exporters.classifier import check_parity
 from deploy.tensorrt import (
     EngineCompatibilityError,
     TensorRTUnavailable,

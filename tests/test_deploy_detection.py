@@ -25,6 +25,8 @@ import deploy
 from backbones.fileio import sha256_of
 from backbones.weights import save_weights
 from deploy.backends import OnnxDetectionBackend
+from deploy.export import ExportError, ExportOptions, export_model
+from deploy.export import main as export_main
 from deploy.exporters.detector import (
     OUTPUT_NAMES,
     ExactResizeTransform,
@@ -34,15 +36,13 @@ from deploy.exporters.detector import (
     exact_resize,
     match_detections,
 )
-from deploy.export import ExportError, ExportOptions, export_model
-from deploy.export import main as export_main
 from deploy.models import prepare_detector
 from deploy.runtime import DetectionPredictor
 from deploy.samples import natural_images
 from deploy.sidecar import SidecarError, read_sidecar, sidecar_path, validate
-from deploy.tensorrt.static_topk import fewest_anchors
 from deploy.tensorrt import TensorRTUnavailable, tensorrt_available
 from deploy.tensorrt.detection import detector_profiles
+from deploy.tensorrt.static_topk import fewest_anchors
 from detection.train import build_detector
 
 CLASSES = ["shirt", "trouser", "pullover", "dress", "coat", "sandal", "sneaker", "bag", "boot", "hat"]

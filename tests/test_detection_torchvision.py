@@ -309,3 +309,29 @@ def test_init_flags_that_contradict_the_checkpoint_are_refused(checkpoints, fash
         with pytest.raises(SystemExit, match=message):
             train_main(flags + common)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_deploy_export_takes_the_checkpoint_unchanged(version, checkpoints, coco_root, tmp_path):
+    """``deploy.export --detector fpn --weights CKPT``: one ONNX graph whose detections are torchvision's own
+    (labels = COCO category ids, 1-based into the sidecar's class_names)."""
+    import deploy
+    from deploy.export import main as export_main
+
+    path, _ = checkpoints[version]
+    out = tmp_path / f"{version}.onnx"
+    export_main(["--model", "resnet50", "--detector", "fpn", "--weights", str(path), "--output", str(out)])
+    predictor = deploy.load(out)
+    sidecar = predictor.sidecar
+    assert sidecar["preprocessing"]["min_size"] == 800 and sidecar["preprocessing"]["max_size"] == 1333
+    assert len(predictor.class_names) == 90 and predictor.class_names[0] == "person"
+    image = read_image(coco_root / "val2017" / f"{min(IMAGES):012d}.jpg").float() / 255
+    boxes, labels, scores = predictor.raw(image)
+    model = BUILDERS[version](weights=None, weights_backbone=None, num_classes=91)
+    model.load_state_dict(torch.load(path, weights_only=True))
+    with torch.no_grad():
+        expected = model.eval()([image])[0]  # torchvision's own call on this one image
+    assert len(labels) == len(expected["labels"]) >= 5
+    assert labels.tolist() == expected["labels"].tolist()
+    torch.testing.assert_close(boxes, expected["boxes"], rtol=0, atol=0.05)  # onnxruntime vs PyTorch arithmetic
+    torch.testing.assert_close(scores, expected["scores"], rtol=0, atol=1e-4)

@@ -66,6 +66,10 @@ class OpenVINOBackend:
         self.max_batch: int | None = batch.get_length() if batch.is_static else None
         self.request = self.compiled.create_infer_request()
 
+    def inference_precision(self) -> str:
+        """What the compiled model computes in here, e.g. "f32" (a bf16 hint on a CPU without bf16 units)."""
+        return str(self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string())
+
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         feed = {self.input_name: batch.detach().cpu().float().contiguous().numpy()}
         result = self.request.infer(feed)

@@ -27,7 +27,7 @@ import torch
 
 from backbones.fileio import sha256_of
 
-from ..backends import ArtifactLoadError
+from ..backends import ArtifactLoadError, OpenVINOBackend
 from ..models import PreparedModel, prepare_model
 from ..preprocess import Preprocessor
 from ..samples import natural_images
@@ -338,8 +338,8 @@ def export_classifier(arch: str, weights: str | Path | None, output: Path, optio
             backend = open_backend(staged, data, options.device, ["CPUExecutionProvider"], strict_gpu=True)
         except ArtifactLoadError as error:
             raise ExportError(f"{label}: the new artifact does not load: {error}") from error
-        if options.format == "openvino":  # what this CPU really computes in (a bf16 hint without bf16 units: f32)
-            data["openvino"]["inference_precision_on_export_cpu"] = backend.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+        if isinstance(backend, OpenVINOBackend):  # what this CPU really computes in (a bf16 hint without bf16 units: f32)
+            data["openvino"]["inference_precision_on_export_cpu"] = backend.inference_precision()
         batches = parity_inputs(prepared.preprocessing, options.dynamic_hw, backend.max_batch or options.max_batch)
         data["parity"] = check_parity(prepared.model, backend, batches, tolerance, label,
                                       gating=options.precision in GATING)  # fmt: skip

@@ -72,16 +72,19 @@ def calibration_images(options: ExportOptions, channels: int) -> DetectorImages:
     if options.calibration_dir is not None:
         files = image_files(options.calibration_dir)[:count]
         return DetectorImages(f"{options.calibration_dir} ({len(files)} images)", files=files, channels=channels)
-    name = options.calibration_dataset
-    if name not in TRAIN_DATASETS:
-        raise ValueError(f"--calibration-dataset {name}: a detector calibrates on a detection training set "
-                         f"({', '.join(TRAIN_DATASETS)}) under --data-root")  # fmt: skip
-    if options.data_root is None:
-        raise ValueError(f"--calibration-dataset {name} needs --data-root (where the dataset lives)")
-    dataset = training_set(name, options.data_root)
+    name = str(options.calibration_dataset)
+    dataset = training_set(name, _dataset_root("--calibration-dataset", name, TRAIN_DATASETS, options.data_root))
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(DRAW_SEED))[:count].tolist()
     return DetectorImages(f"{name} training split ({len(order)} images, seeded draw {DRAW_SEED})", dataset=dataset,
                           indices=order, channels=channels)  # fmt: skip
+
+
+def _dataset_root(flag: str, name: str, known: tuple[str, ...], root: Path | None) -> Path:
+    if name not in known:
+        raise ValueError(f"{flag} {name}: a detector takes a detection dataset ({', '.join(known)}) under --data-root")
+    if root is None:
+        raise ValueError(f"{flag} {name} needs --data-root (where the dataset lives)")
+    return Path(root)
 
 
 class BackendAsDetector:
@@ -126,13 +129,8 @@ def _primary(results: dict[str, Any]) -> tuple[str, float]:
 
 def compare_on_test_set(prepared: PreparedDetector, backend: DetectorBackend, options: ExportOptions,
                         label: str) -> dict[str, Any]:  # fmt: skip
-    name = options.eval_dataset
-    if name not in TEST_DATASETS:
-        raise ExportError(f"--eval-dataset {name}: a detector is checked on a detection test set "
-                          f"({', '.join(TEST_DATASETS)}) under --data-root")  # fmt: skip
-    if options.data_root is None:
-        raise ExportError(f"--eval-dataset {name} needs --data-root (where the test set lives)")
-    root = Path(options.data_root)
+    name = str(options.eval_dataset)
+    root = _dataset_root("--eval-dataset", name, TEST_DATASETS, options.data_root)
     channels = prepared.channels
     reference, ref_predictions, _ = evaluate_test_set(prepared.model, name, root, channels=channels)
     try:

@@ -109,9 +109,8 @@ def documented_removals(uses: Iterable[Use]) -> list[tuple[Use, str]]:
     for use in uses:
         for removed, hint in REMOVED_IN_TENSORRT_11.items():
             wanted = tuple(removed.split("."))
-            if len(wanted) == 1 and wanted[0] in use.chain[1:]:
-                found.append((use, hint))
-            elif len(wanted) == 2 and any(use.chain[i : i + 2] == wanted for i in range(len(use.chain) - 1)):
+            bare = len(wanted) == 1 and wanted[0] in use.chain[1:]
+            if bare or (len(wanted) == 2 and any(use.chain[i : i + 2] == wanted for i in range(len(use.chain) - 1))):
                 found.append((use, hint))
     return found
 

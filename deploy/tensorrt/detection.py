@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from ..backends.base import ArtifactLoadError, Detections
-from .environment import dims_to_list
 from .engine import EngineBackend
+from .environment import dims_to_list
 
 SMALLEST_SIDE = 32  # the profile's minimum height and width (the graph upsamples small images anyway)
 

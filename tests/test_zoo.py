@@ -1,5 +1,6 @@
 """The published zoo: every record loads with its checksum and states its command; a fixed subset
-re-measures its recorded accuracy on the 10k Fashion-MNIST test split (all records with ZOO_TESTS=all).
+re-measures its recorded accuracy on the 10k Fashion-MNIST test split (all records with ZOO_TESTS=all),
+and the zoo's detector re-measures its mAP on the fashion-det test canvases built from that split.
 
 Re-measuring is the expensive part (a 56-layer net takes 1-2 minutes on two shared CPU cores), so
 CI re-measures the records the README's conclusions rest on: the two full-schedule nets (its headline
@@ -9,13 +10,17 @@ among the three. ``ZOO_TESTS=all`` re-measures every record (do it when adding o
 """
 
 import os
+from pathlib import Path
 
 import pytest
 
 from backbones import create_model
-from backbones.datasets import FASHION_MNIST_DIR
 from backbones.evaluate import evaluate
 from backbones.weights import DEFAULT_ZOO, read_zoo
+from detection.eval import load_detector
+from detection.fashion_det import generate
+from detection.inference import evaluate_test_set
+from detection.zoo import read_detectors
 
 RECORDS = list(read_zoo(DEFAULT_ZOO).values())
 CI_REMEASURED = ("resnet20_fashion_mnist", "resnet56_fashion_mnist", "plain20_fashion_mnist_6ep")
@@ -65,10 +70,42 @@ def _remeasure(record):
     return pytest.param(record, id=record.id, marks=pytest.mark.skip(reason=reason))
 
 
-@pytest.mark.skipif(not (FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists(),
-                    reason="dataset-fashion-mnist not installed")  # fmt: skip
-@pytest.mark.parametrize("record", [_remeasure(r) for r in RECORDS])
+@pytest.mark.parametrize("record", [_remeasure(r) for r in RECORDS])  # the test split ships with the package
 def test_record_reproduces_its_test_error(record):
     result = evaluate(record.arch, [record.id], record.dataset)
     assert result["images"] == record.metrics["images"] == 10000
     assert result["top1_err"] == pytest.approx(record.metrics["top1_err"], abs=0.011)
+
+
+# ---------------------------------------------------------------- detectors
+DETECTORS = list(read_detectors(DEFAULT_ZOO).values())
+
+
+def test_the_zoo_has_a_trained_c4_detector():
+    assert any(r.design == "c4" and r.dataset == "fashion-det" for r in DETECTORS)
+
+
+@pytest.mark.parametrize("record", DETECTORS, ids=[r.id for r in DETECTORS])
+def test_detector_record_loads_and_states_its_command(record):
+    model, config = load_detector(record.backbone, Path(record.id))  # verifies size and sha256
+    assert config["class_names"] == record.class_names and model.roi_heads.box_predictor.cls_score.out_features == (
+        len(record.class_names) + 1)  # fmt: skip
+    assert record.metrics["command"].startswith(f"python -m detection.eval --backbone {record.backbone} "
+                                                f"--weights {record.id} --dataset {record.metrics['dataset']} ")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def fashion_det_test(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("fashion_det")
+    generate(root, train_images=0)  # the test canvases, from the shipped test split: as detection.zoo measured
+    return root
+
+
+@pytest.mark.parametrize("record", DETECTORS, ids=[r.id for r in DETECTORS])
+def test_detector_record_reproduces_its_map(record, fashion_det_test):
+    model, config = load_detector(record.backbone, Path(record.id))
+    results, predictions, _ = evaluate_test_set(model, record.metrics["dataset"], fashion_det_test,
+                                                channels=config["channels"])  # fmt: skip
+    assert len(predictions) == 500
+    assert results["voc"]["mAP"] == pytest.approx(record.metrics["voc_mAP"], abs=0.011)
+    assert results["coco"]["AP"] == pytest.approx(record.metrics["coco_AP"], abs=0.011)

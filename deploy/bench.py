@@ -121,14 +121,16 @@ class Target:
 
 
 def precision_label(sidecar: dict[str, Any]) -> str:
-    """``int8-sym`` / ``int8-asym`` / ``int8-nncf`` for the INT8 kinds, else the precision."""
+    """``int8-sym`` / ``int8-asym`` / ``int8-sym7`` (7-bit weights) / ``int8-nncf`` for the INT8 kinds, else the
+    precision."""
     precision = sidecar["precision"]
     if precision != "int8":
         return precision
     quantization = sidecar.get("quantization") or {}
     if quantization.get("tool") == "nncf.quantize":
         return "int8-nncf"
-    return {"symmetric": "int8-sym", "asymmetric": "int8-asym"}.get(str(quantization.get("scheme")), "int8")
+    label = {"symmetric": "int8-sym", "asymmetric": "int8-asym"}.get(str(quantization.get("scheme")), "int8")
+    return label + ("7" if quantization.get("weight_bits") == 7 else "")
 
 
 # ---------------------------------------------------------------- loading

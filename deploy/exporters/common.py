@@ -111,11 +111,15 @@ def companion_files(staged: Path) -> list[Path]:
 def publish(staged: Path, output: Path, data: dict[str, Any], seconds: dict[str, float], start: float,
             accuracy: dict[str, Any] | None = None) -> ExportResult:  # fmt: skip
     """Move a checked artifact (and its companions) into place, write its sidecar, and report."""
-    for companion in companion_files(staged):
+    companions = companion_files(staged)
+    for companion in companions:
         install_artifact(companion, output.with_suffix(companion.suffix))
     install_artifact(staged, output)
     sidecar = write_sidecar(output, data)
     seconds["total"] = time.perf_counter() - start
-    print(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB) and {sidecar.name} in {seconds['total']:.1f} s "
-          f"(export {seconds['export']:.1f} s, check {seconds['check']:.1f} s)")  # fmt: skip
+    files = [output, *(output.with_suffix(c.suffix) for c in companions)]
+    size = sum(f.stat().st_size for f in files) / 2**20
+    names = " + ".join(f.name for f in files[1:])
+    print(f"wrote {output}{' + ' + names if names else ''} ({size:.1f} MiB) and {sidecar.name} in "
+          f"{seconds['total']:.1f} s (export {seconds['export']:.1f} s, check {seconds['check']:.1f} s)")  # fmt: skip
     return ExportResult(output, sidecar, data["parity"], seconds, accuracy)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import io
-import logging
 import re
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -271,6 +270,7 @@ def quantize_int8(source: Path, target: Path, feed: CalibrationFeed, *, method: 
 
     symmetric = scheme == "symmetric"
     reader = Reader()
+    source = preprocess_for_quantization(source, target.with_name(target.stem + ".prepared.onnx"))
     ends = end_layers(source) if keep_ends else set()
     chosen = node_names(source, lambda n: n.op_type in QUANTIZED_OPS and (nodes is None or nodes(n)) and n.name not in ends)
     if not chosen:
@@ -282,7 +282,7 @@ def quantize_int8(source: Path, target: Path, feed: CalibrationFeed, *, method: 
     if method == "percentile":
         extra["CalibPercentile"] = 99.999
     quiet = io.StringIO()  # onnxruntime prints a line per range update; its own log keeps the warnings
-    with contextlib.redirect_stdout(quiet), _without_preprocessing_advice():
+    with contextlib.redirect_stdout(quiet):
         quantization.quantize_static(
             str(source), str(target), reader, quant_format=quantization.QuantFormat.QDQ, per_channel=True,
             reduce_range=reduce_range,
@@ -305,21 +305,23 @@ def quantize_int8(source: Path, target: Path, feed: CalibrationFeed, *, method: 
             **summary}  # fmt: skip
 
 
-@contextlib.contextmanager
-def _without_preprocessing_advice() -> Iterator[None]:
-    """onnxruntime advises shape inference and graph optimisation before quantizing; our graphs have
-    inferred shapes and BN folded into the convolutions already (the exporter's eval-mode export)."""
+def preprocess_for_quantization(source: Path, target: Path) -> Path:
+    """onnxruntime's own pre-processing (its basic graph optimisations and shape inference) before
+    quantizing: the exporter shares equal constants through Identity nodes, which leaves convolution
+    biases outside the quantizer's reach (measured on ResNet-50: 47 of 53 convolutions, whose int8
+    graph then ran slower than fp32 in onnxruntime), and FrozenBatchNorm's Mul/Add fold into the
+    convolutions they follow. Symbolic shape inference is skipped where it cannot follow the graph
+    (detectors' data-dependent shapes); the optimisations still run."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    class Drop(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            return "pre-processing before quantization" not in record.getMessage()
-
-    root, rule = logging.getLogger(), Drop()
-    root.addFilter(rule)
+    quiet = io.StringIO()
     try:
-        yield
-    finally:
-        root.removeFilter(rule)
+        with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+            quant_pre_process(str(source), str(target))
+    except Exception:  # symbolic shape inference gives up on some graphs; the optimisations do not need it
+        with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+            quant_pre_process(str(source), str(target), skip_symbolic_shape=True)
+    return target
 
 
 # ---------------------------------------------------------------- what a graph holds

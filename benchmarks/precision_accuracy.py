@@ -1,6 +1,8 @@
 """Accuracy of reduced-precision artifacts beside fp32, measured by ``deploy.export``'s own check.
 
     python benchmarks/precision_accuracy.py --weights resnet56_fashion_mnist --out runs/precision
+    python benchmarks/precision_accuracy.py --detector det_resnet20_c4_fashion_det --data-root data/fashion_det \\
+        --out runs/precision-det
 
 exports the classifier once per (format, precision, int8 variant) with ``--eval-dataset
 fashion-mnist`` (the official 10k test split) and ``--calibration-dataset fashion-mnist`` (512
@@ -35,6 +37,52 @@ VARIANTS: list[tuple[str, str, str, dict[str, Any]]] = [
     ("openvino-int8-nncf", "openvino", "int8", {"openvino_int8": "nncf"}),
 ]
 SUFFIX = {"onnx": ".onnx", "openvino": ".xml"}
+DETECTOR_VARIANTS: list[tuple[str, str, str, dict[str, Any]]] = [
+    ("onnx-fp16", "onnx", "fp16", {}),
+    ("openvino-fp16", "openvino", "fp16", {}),
+    ("onnx-int8-sym", "onnx", "int8", {"int8_scheme": "symmetric"}),
+    ("onnx-int8-asym", "onnx", "int8", {"int8_scheme": "asymmetric"}),
+    ("openvino-int8-asym", "openvino", "int8", {"int8_scheme": "asymmetric"}),
+]
+
+
+def run_detector(arch: str, weights: str, root: Path, out: Path, names: list[str], max_drop: float) -> list[dict[str, Any]]:
+    """The detector variants, each checked by its mAP on fashion-det's 500 test canvases (calibration:
+    512 of its training canvases)."""
+    from deploy.export import ExportError, export_model
+
+    rows = []
+    for name, fmt, precision, extra in DETECTOR_VARIANTS:
+        if names and name not in names:
+            continue
+        artifact = out / f"{weights}-{name}{SUFFIX[fmt]}"
+        try:
+            result = export_model(arch, weights, artifact, detector="c4", format=fmt, precision=precision,
+                                  eval_dataset="fashion-det", data_root=root, max_accuracy_drop=max_drop,
+                                  calibration_dataset="fashion-det" if precision == "int8" else None, **extra)  # fmt: skip
+        except ExportError as error:
+            rows.append({"variant": name, "failed": str(error)})
+            continue
+        accuracy = json.loads(result.sidecar.read_text())["accuracy"]
+        rows.append({"variant": name, "artifact": str(artifact), "metric": accuracy["metric"], "fp32": accuracy["fp32"],
+                     "artifact_mAP": accuracy["artifact"], "drop": accuracy["accuracy_drop"],
+                     "coco_AP": {"fp32": accuracy["results"]["fp32"]["coco"]["AP"],
+                                 "artifact": accuracy["results"]["artifact"]["coco"]["AP"]},
+                     "confident_detections": accuracy["confident_detections"]})  # fmt: skip
+    return rows
+
+
+def detector_table(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'variant':<22} {'fp32 VOC07':>10} {'artifact':>9} {'diff':>6} {'COCO AP fp32/art':>17} {'found again':>12}"]
+    for row in rows:
+        if "failed" in row:
+            lines.append(f"{row['variant']:<22} export failed its check: {row['failed']}")
+            continue
+        found = row["confident_detections"]
+        coco = f"{row['coco_AP']['fp32']:.1f}/{row['coco_AP']['artifact']:.1f}"
+        lines.append(f"{row['variant']:<22} {row['fp32']:>10.2f} {row['artifact_mAP']:>9.2f} {-row['drop']:>+6.2f} "
+                     f"{coco:>17} {found['matched']:>5}/{found['reference_confident']:<6}")  # fmt: skip
+    return "\n".join(lines)
 
 
 def run(arch: str, weights: str, out: Path, names: list[str], eval_images: int | None, max_drop: float) -> list[dict[str, Any]]:
@@ -81,7 +129,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-accuracy-drop", type=NON_NEGATIVE, default=100.0,
                         help="passed to the export (default 100: record every variant, fail none)")  # fmt: skip
     parser.add_argument("--json", type=Path, help="write the rows here")
+    parser.add_argument("--detector", help="measure this detector (zoo id or run) instead, on fashion-det")
+    parser.add_argument("--detector-arch", default="resnet20", help="the detector's backbone (default: resnet20)")
+    parser.add_argument("--data-root", type=Path, help="the fashion_det output the detector is checked on")
     args = parser.parse_args(argv)
+    if args.detector:
+        if args.data_root is None:
+            parser.error("--detector needs --data-root (a fashion_det output)")
+        args.out.mkdir(parents=True, exist_ok=True)
+        names = [n for n in args.variants.split(",") if n]
+        rows = run_detector(args.detector_arch, args.detector, args.data_root, args.out, names, args.max_accuracy_drop)
+        print(f"{args.detector} on fashion-det's 500 test canvases, CPU {cpu_description()}")
+        print(detector_table(rows))
+        if args.json:
+            atomic_write_text(args.json, json.dumps({"weights": args.detector, "cpu_isa": cpu_description(),
+                                                     "rows": rows}, indent=1) + "\n")  # fmt: skip
+        return 0
     names = [n for n in args.variants.split(",") if n]
     unknown = sorted(set(names) - {v[0] for v in VARIANTS})
     if unknown:

@@ -1,15 +1,20 @@
-"""Export the zoo's classifiers (ONNX, TensorRT, AOTInductor, eager safetensors) and detectors
-(ONNX with box decoding and NMS inside the graph) and run them with one API.
+"""Export the zoo's classifiers (ONNX, OpenVINO IR, TensorRT, AOTInductor, eager safetensors) and
+detectors (one graph with box decoding and NMS inside) in fp32, fp16 or INT8 (the precision decided
+in the ONNX graph and checked on real images), and run them with one API.
 
     python -m deploy.export --model resnet50 --weights resnet50.pth --format onnx --output r50.onnx
-    python -m deploy.export --model resnet20 --detector c4 --weights runs/det --format onnx --output det.onnx
+    python -m deploy.export --model resnet56 --weights resnet56_fashion_mnist --precision int8 \\
+        --calibration-dataset fashion-mnist --eval-dataset fashion-mnist --output r56-int8.onnx
+    python -m deploy.export --model resnet20 --detector c4 --weights runs/det --format openvino --output det.xml
 
     import deploy
     predictor = deploy.load("r50.onnx")                  # reads and checks r50.onnx.json (the sidecar)
     predictor.predict(["cat.jpg", "dog.png"], top_k=5)   # [[(class name, probability), ...], ...]
     deploy.load("det.onnx").predict("street.jpg")        # [[{"box": [x1, y1, x2, y2], "label": .., "score": ..}]]
 
-Imports go downward only: deploy uses backbones (and later detection), never the reverse.
+Layout: :mod:`deploy.exporters` (how artifacts are made and checked), :mod:`deploy.backends` (the
+runtimes), :mod:`deploy.tensorrt` (TensorRT's builder, runners and checks). Imports go downward only:
+deploy uses detection and backbones, never the reverse.
 """
 
 from typing import Any

@@ -45,7 +45,7 @@ from .common import (
     exporter_failures,
     publish,
 )
-from .images import ImageSet, calibration_and_held_out, labelled_set
+from .images import ImageDataError, ImageSet, calibration_and_held_out, labelled_set
 from .onnx_graph import INPUT_NAME, OUTPUT_NAME, build_onnx, onnx_dynamic_axes
 from .precision import CalibrationFeed, convert_fp16, quantize_int8
 
@@ -328,7 +328,7 @@ def export_classifier(arch: str, weights: str | Path | None, output: Path, optio
                               "give --eval-dataset NAME|DIR (labelled), or calibration images with more than "
                               f"--calibration-images {options.calibration_images} of them")  # fmt: skip
         staged = work.folder / output.name
-        with exporter_failures(label, options.format, TensorRTUnavailable, FileNotFoundError, ValueError):
+        with exporter_failures(label, options.format, TensorRTUnavailable, ImageDataError):
             info = BUILDERS[options.format](work, staged)
         seconds["export"] = time.perf_counter() - start
         data = build_sidecar(prepared, staged, output.name, options, info)

@@ -29,9 +29,9 @@ from detection.inference import Prediction, evaluate_test_set
 
 from ..backends import DetectorBackend
 from ..models import PreparedDetector
-from ..preprocess import ImageReader
+from ..preprocess import ImageInputError, ImageReader
 from .common import ExportError, ExportOptions
-from .images import DRAW_SEED, image_files
+from .images import DRAW_SEED, ImageDataError, image_files
 from .precision import CalibrationFeed
 
 CONFIDENT = 0.5  # detections compared between fp32 and the artifact
@@ -52,7 +52,10 @@ class DetectorImages:
         if self.files is not None:
             reader = ImageReader(self.channels)
             for file in self.files:
-                yield reader(file)[0]
+                try:
+                    yield reader(file)[0]
+                except ImageInputError as error:
+                    raise ImageDataError(f"{file}: {error}") from None
         else:
             assert self.indices is not None
             for index in self.indices:

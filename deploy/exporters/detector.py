@@ -66,6 +66,7 @@ from ..models import PreparedDetector, prepare_detector
 from ..samples import natural_images
 from ..sidecar import FORMAT, VERSION, sidecar_path, tool_versions, validate
 from .common import ExportError, ExportOptions, ExportResult, check_output_suffix, exporter_failures, publish
+from .images import ImageDataError
 from .onnx_graph import check_onnx_file
 
 INPUT_NAME = "image"
@@ -359,26 +360,23 @@ def _open(path: Path, data: dict[str, Any], label: str) -> DetectorBackend:
         raise ExportError(f"{label}: the new artifact does not load: {error}") from error
 
 
-def reduce_precision(graph: Path, target: Path, prepared: PreparedDetector, options: ExportOptions) -> dict[str, Any]:
-    """The detector graph with the trunk and heads in fp16 or INT8 (Q/DQ), the rest fp32."""
-    from .precision import convert_fp16_scoped, quantize_int8, scoped
+def reduce_precision(graph: Path, target: Path, options: ExportOptions, images: Any) -> dict[str, Any]:
+    """The detector graph with the trunk and heads in fp16 or INT8 (Q/DQ, calibrated on ``images``), the rest fp32."""
+    from .precision import WEIGHTED_OPS, convert_fp16_scoped, quantize_int8, scoped
 
     # int8 leaves the layers that give scores and box offsets in float, as the classifier's last layer
     in_scope, predictor = scoped(REDUCED_SCOPES), scoped(INT8_FLOAT_SCOPES)
     if options.precision == "fp16":
         return convert_fp16_scoped(graph, target, in_scope)
-    from .detection_accuracy import calibration_images
-
-    images = calibration_images(options, prepared.channels)
     record = quantize_int8(graph, target, images.feed(INPUT_NAME), method=options.calibration_method,
                            scheme=options.int8_scheme, nodes=lambda node: in_scope(node) and not predictor(node),
-                           reduce_range=options.int8_reduce_range)  # fmt: skip
+                           reduce_range=options.int8_reduce_range, op_types=WEIGHTED_OPS)  # fmt: skip
     record["calibration"] = {**images.describe(), "method": options.calibration_method}
     return record
 
 
 def _build(model: nn.Module, prepared: PreparedDetector, example: torch.Tensor, staged: Path,
-           options: ExportOptions) -> dict[str, Any]:  # fmt: skip
+           options: ExportOptions, calibration: Any = None) -> dict[str, Any]:  # fmt: skip
     """Write the artifact at ``staged``; return the sidecar's ``tensorrt`` / ``openvino`` / ``quantization`` records."""
     built: dict[str, Any] = {}
     if options.format == "tensorrt":
@@ -389,7 +387,7 @@ def _build(model: nn.Module, prepared: PreparedDetector, example: torch.Tensor, 
         build_detector_onnx(model, example, graph, options.opset)
     if options.precision != "fp32":
         reduced = staged.with_suffix(f".{options.precision}.onnx")
-        built["quantization"] = reduce_precision(graph, reduced, prepared, options)
+        built["quantization"] = reduce_precision(graph, reduced, options, calibration)
         graph = reduced
     if options.format == "onnx":
         os.replace(graph, staged)
@@ -428,7 +426,8 @@ def build_tensorrt_onnx(model: nn.Module, prepared: PreparedDetector, example: t
 
 
 def _low_threshold_check(prepared: PreparedDetector, example: torch.Tensor, images: list[torch.Tensor], work: Path,
-                         options: ExportOptions, tolerances: tuple[float, float], label: str) -> dict[str, Any]:  # fmt: skip
+                         options: ExportOptions, tolerances: tuple[float, float], label: str,
+                         calibration: Any = None) -> dict[str, Any]:  # fmt: skip
     """The same graph with score_thresh 0 (the only difference: one constant), so detections exist."""
     probe: Any = copy.deepcopy(prepared.model)
     probe.roi_heads.score_thresh = 0.0
@@ -436,7 +435,7 @@ def _low_threshold_check(prepared: PreparedDetector, example: torch.Tensor, imag
 
     path = work / "score_thresh_0" / f"check{SUFFIXES[options.format][0]}"
     path.parent.mkdir()
-    built = _build(probe, prepared, example, path, options)
+    built = _build(probe, prepared, example, path, options, calibration)
     backend = _open(path, {"backend": options.format, **built, "inputs": [{"name": INPUT_NAME}],
                            "postprocessing": dict(zip(OUTPUT_NAMES, OUTPUT_NAMES))}, label)  # fmt: skip
     return check_detection_parity(probe, backend, images, tolerances[0], f"{label} (check graph, score_thresh 0)",
@@ -462,11 +461,16 @@ def export_detector(arch: str, weights: str | Path | None, output: str | Path, o
     output.parent.mkdir(parents=True, exist_ok=True)
     if options.format == "tensorrt":
         options.timing_cache = options.timing_cache or output.with_name(output.name + ".timing.cache")
+    calibration = None
+    if options.precision == "int8":  # bad calibration data fails before any export work
+        from .detection_accuracy import calibration_images
+
+        calibration = calibration_images(options, prepared.channels)
     with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as work_dir:
         work = Path(work_dir)
         staged = work / output.name
-        with exporter_failures(label, options.format, FileNotFoundError, ValueError):
-            built = _build(prepared.model, prepared, example, staged, options)
+        with exporter_failures(label, options.format, ImageDataError):
+            built = _build(prepared.model, prepared, example, staged, options, calibration)
         seconds["export"] = time.perf_counter() - start
         data = detection_sidecar(prepared, staged, output.name, options, built)
         validate(data, sidecar_path(output))
@@ -477,7 +481,8 @@ def export_detector(arch: str, weights: str | Path | None, output: str | Path, o
         if parity["compared"] < MIN_COMPARED:
             print(f"{label}: only {parity['compared']} detection(s) above score_thresh {parity['score_thresh']:g} on the "
                   "check images; checking the same graph at score_thresh 0 as well")  # fmt: skip
-            parity["score_thresh_0"] = _low_threshold_check(prepared, example, images, work, options, tolerances, label)
+            parity["score_thresh_0"] = _low_threshold_check(prepared, example, images, work, options, tolerances, label,
+                                                            calibration)  # fmt: skip
         data["parity"] = parity
         if options.eval_dataset is not None:
             from .detection_accuracy import compare_on_test_set

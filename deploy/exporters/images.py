@@ -31,6 +31,10 @@ DRAW_SEED = 0
 DEFAULT_HELD_OUT = 1000  # held-out images when no --eval-dataset is given
 
 
+class ImageDataError(ValueError):
+    """A calibration or check image that cannot be read (the message names the file)."""
+
+
 @dataclass
 class ImageSet:
     """Raw images (file paths, or a uint8 (N, C, H, W) tensor) with optional labels."""
@@ -60,7 +64,7 @@ def _files_batch(files: Sequence[Path], preprocess: Preprocessor) -> torch.Tenso
     try:
         return preprocess(list(files))
     except ImageInputError as error:
-        raise ValueError(f"one of {files[0]} … {files[-1]}: {error}") from None
+        raise ImageDataError(f"one of {files[0]} … {files[-1]}: {error}") from None
 
 
 def _dataset(name: str, split: str, root: Path | None) -> ArrayDataset:

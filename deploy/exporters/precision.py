@@ -40,6 +40,10 @@ from .common import ExportError
 from .onnx_graph import check_onnx_file
 
 QUANTIZED_OPS = ("Conv", "Gemm", "MatMul", "Add")
+# Detectors: no Add. onnxruntime calibrates every tensor of the op types it quantizes, in the whole
+# graph, and the box decoding's Adds are empty on an image without detections, which its histogram
+# calibrator cannot merge (numpy: zero-size array to reduction operation).
+WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
 ORT_CALIBRATION = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 
 
@@ -225,7 +229,7 @@ class CalibrationFeed:
 
 def quantize_int8(source: Path, target: Path, feed: CalibrationFeed, *, method: str = "percentile",
                   scheme: str = "symmetric", nodes: Callable[[Any], bool] | None = None, keep_ends: bool = True,
-                  reduce_range: bool = False) -> dict[str, Any]:  # fmt: skip
+                  reduce_range: bool = False, op_types: Sequence[str] = QUANTIZED_OPS) -> dict[str, Any]:  # fmt: skip
     """Static post-training quantization to Q/DQ nodes, calibrated on ``feed``: the Conv/Gemm/MatMul/Add
     nodes for which ``nodes(node)`` holds, without the :func:`end_layers` when ``keep_ends``.
     ``reduce_range``: 7-bit weights, for CPUs without VNNI (see the module's notes).
@@ -272,9 +276,9 @@ def quantize_int8(source: Path, target: Path, feed: CalibrationFeed, *, method: 
     reader = Reader()
     source = preprocess_for_quantization(source, target.with_name(target.stem + ".prepared.onnx"))
     ends = end_layers(source) if keep_ends else set()
-    chosen = node_names(source, lambda n: n.op_type in QUANTIZED_OPS and (nodes is None or nodes(n)) and n.name not in ends)
+    chosen = node_names(source, lambda n: n.op_type in op_types and (nodes is None or nodes(n)) and n.name not in ends)
     if not chosen:
-        raise ExportError(f"{source}: no {'/'.join(QUANTIZED_OPS)} node to quantize")
+        raise ExportError(f"{source}: no {'/'.join(op_types)} node to quantize")
     # TensorRT's Q/DQ layers are int8 (fp8): biases stay float for it; onnxruntime's CPU kernels fuse
     # Q/DQ into QLinearConv only with int32 biases.
     extra: dict[str, Any] = {"ActivationSymmetric": symmetric, "WeightSymmetric": True, "QuantizeBias": not symmetric,
@@ -287,7 +291,7 @@ def quantize_int8(source: Path, target: Path, feed: CalibrationFeed, *, method: 
             str(source), str(target), reader, quant_format=quantization.QuantFormat.QDQ, per_channel=True,
             reduce_range=reduce_range,
             activation_type=quantization.QuantType.QInt8 if symmetric else quantization.QuantType.QUInt8,
-            weight_type=quantization.QuantType.QInt8, nodes_to_quantize=chosen,
+            weight_type=quantization.QuantType.QInt8, nodes_to_quantize=chosen, op_types_to_quantize=list(op_types),
             calibrate_method=getattr(quantization.CalibrationMethod, ORT_CALIBRATION[method]), extra_options=extra,
         )  # fmt: skip
     if reader.count != feed.count:

@@ -324,8 +324,12 @@ def _load_sources(fashion_mnist: str | Path | Sequence[ArrayDataset] | None,
     if fashion_mnist is None or isinstance(fashion_mnist, (str, Path)):
         sources = {split.name: load_fashion_mnist(fashion_mnist, split.fashion_mnist_split) if config.count(split)
                    else _no_items(split.name) for split in SPLITS}  # fmt: skip
-        description = ", ".join(str(fashion_mnist_root(fashion_mnist, split.fashion_mnist_split)) for split in SPLITS
-                                if config.count(split))  # fmt: skip
+        roots = {split.name: str(fashion_mnist_root(fashion_mnist, split.fashion_mnist_split)) for split in SPLITS
+                 if config.count(split)}  # fmt: skip
+        # One directory for both splits reads as that directory; the test split can come from the
+        # copy shipped with the package while the training split comes from the system copy.
+        description = (next(iter(roots.values()), "") if len(set(roots.values())) <= 1
+                       else ", ".join(f"{name}: {root}" for name, root in roots.items()))  # fmt: skip
     else:
         if len(fashion_mnist) != 2:
             raise ValueError("fashion_mnist must be a directory or a (train, test) pair of ArrayDatasets")

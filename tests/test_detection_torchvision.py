@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -293,7 +294,7 @@ def test_other_files_get_one_clear_error_naming_the_file(kind, coco_root, tmp_pa
 
 def test_a_missing_checkpoint_is_named(coco_root, tmp_path):
     missing = tmp_path / "fasterrcnn.pth"
-    with pytest.raises(SystemExit, match=f"^error: {missing}: no such run directory or checkpoint file$"):
+    with pytest.raises(SystemExit, match=f"^error: {re.escape(str(missing))}: no such run directory, checkpoint file or zoo detector id"):
         eval_main(["--backbone", "resnet50", "--weights", str(missing), "--dataset", "coco", "--data-root", str(coco_root)])
     with pytest.raises(SystemExit, match=f"^error: weights file not found: {missing}$"):
         train_main(["--backbone", "resnet50", "--init", str(missing), "--dataset", "coco", "--data-root", str(coco_root)])

@@ -30,6 +30,7 @@ from deploy.export import main as export_main
 from deploy.exporters.detector import (
     OUTPUT_NAMES,
     ExactResizeTransform,
+    eager_resized_size,
     build_detector_onnx,
     build_tensorrt_onnx,
     check_detection_parity,  # fmt: skip
@@ -207,6 +208,63 @@ def test_exact_resize_matches_eager_sizes(tmp_path):
     eager = [tuple(stock.resize(torch.rand(3, *s))[0].shape[1:]) for s in sizes]
     assert shapes["exact"] == eager
     assert shapes["stock"][0] == (169, 127) and eager[0] == (169, 128)  # why ExactResizeTransform exists
+
+
+@pytest.mark.parametrize("min_size, max_size", [(MIN_SIZE, MAX_SIZE), (128, 128), (800, 1333)])
+def test_resized_size_is_eager_float64_in_integer_arithmetic_in_onnxruntime_and_openvino(min_size, max_size, tmp_path):
+    """OpenVINO's CPU plugin computes float64 in float32: the graph's size arithmetic is integer only."""
+    import math
+
+    import onnxruntime as ort
+
+    ov = pytest.importorskip("openvino")
+
+    def eager(h: int, w: int) -> tuple[int, int]:  # torchvision's eager arithmetic, Python floats
+        scale = min(min_size / float(min(h, w)), max_size / float(max(h, w)))
+        return math.floor(h * scale), math.floor(w * scale)
+
+    rng = np.random.default_rng(min_size + max_size)
+    shapes = np.concatenate([rng.integers(1, 300, (400, 2)), rng.integers(1, 3000, (400, 2)),
+                             [[49, 49], [121, 160], [160, 121], [8192, 3], [9000, 40]]])  # fmt: skip
+    expected = np.array([eager(int(h), int(w)) for h, w in shapes])
+    in_float32 = np.floor(shapes.astype(np.float32) * np.minimum(
+        np.float32(min_size) / shapes.min(1, keepdims=True).astype(np.float32),
+        np.float32(max_size) / shapes.max(1, keepdims=True).astype(np.float32)))  # fmt: skip
+    assert (in_float32 != expected).any(axis=1).sum() > 10  # what a float32 runtime gets from a float64 graph
+
+    class Size(torch.nn.Module):
+        def forward(self, shape: torch.Tensor) -> torch.Tensor:
+            return eager_resized_size(shape, min_size, max_size)
+
+    path = tmp_path / "size.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Size(), (torch.tensor([100, 200]),), str(path), dynamo=False, opset_version=17,
+                          input_names=["shape"], output_names=["size"])  # fmt: skip
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(str(path)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    in_eager = np.stack([eager_resized_size(torch.from_numpy(s), min_size, max_size).numpy() for s in shapes])
+    in_onnxruntime = np.stack([session.run(None, {"shape": s.astype(np.int64)})[0] for s in shapes])
+    in_openvino = np.stack([np.array(compiled(s.astype(np.int64))[0]) for s in shapes])
+    for got in (in_eager, in_onnxruntime, in_openvino):
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_openvino_detector_matches_pytorch_and_gives_nothing_when_nothing_is_found(runs, tmp_path):
+    """OpenVINO gave the empty branch of torchvision's batched NMS one row (label 0, score 0)."""
+    pytest.importorskip("openvino")
+    result = export_model("resnet20", runs["c4"], tmp_path / "strict.xml", detector="c4", format="openvino",
+                          score_thresh=0.95)  # fmt: skip
+    check = result.parity["score_thresh_0"]  # nothing at 0.95 on the check images: compared at score_thresh 0
+    assert result.parity["compared"] == 0 and check["compared"] >= 20 and check["max_box_error_px"] < 1e-2
+    predictor = deploy.load(result.artifact)
+    assert predictor.backend.name == "openvino"
+    eager = deploy.load(runs["c4"])
+    for size, seed in ((FLOAT32_RESIZE_TRAP, 1), ((83, 86), 2)):
+        image = _image(size, seed)
+        assert max(d["score"] for d in eager.predict(image)[0]) < 0.95
+        assert predictor.predict(image)[0] == []
 
 
 def test_export_mismatch_fails_and_leaves_nothing(runs, tmp_path, monkeypatch):

@@ -17,8 +17,11 @@ Exporter: ``torch.onnx.export(dynamo=False)``, opset 17 (DESIGN.md, "Export fact
 applied while tracing: torchvision's traced resize computes the resized size in float32 where eager
 PyTorch uses float64, so for some image sizes the graph resized to one pixel less than PyTorch
 (e.g. 121 * float32(128 / 121) = 127.99999 -> 127) and shifted every box (seen: ~1/3 of random
-sizes, boxes off by up to 2 px, other detections). :class:`ExactResizeTransform` traces the eager
-arithmetic instead (pytorch/vision#3654 discusses the same float32/float64 difference).
+sizes, boxes off by up to 2 px, other detections). :class:`ExactResizeTransform` traces eager's
+size in integer arithmetic instead (pytorch/vision#3654 discusses the same float32/float64
+difference), so runtimes without float64 (OpenVINO's CPU plugin, TensorRT) resize alike; and
+batched NMS is traced without torchvision's empty-input branch, which OpenVINO mishandles
+(:func:`traceable_for_every_runtime`).
 
 ``--format tensorrt`` builds a TensorRT engine from that graph traced with a constant RPN top-k
 (:mod:`deploy.tensorrt.static_topk`: TensorRT's parser takes TopK's K only as a constant, which is exact for
@@ -43,6 +46,8 @@ something to compare. A mismatch fails the export and leaves nothing behind.
 from __future__ import annotations
 
 import copy
+import functools
+import math
 import os
 import tempfile
 import time
@@ -53,6 +58,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -81,13 +87,56 @@ MIN_COMPARED = 10  # fewer matched detections over the check images: also check 
 
 
 # ---------------------------------------------------------------- the graph
+EXACT_SIZE_LIMIT = 8192  # input sides up to this get eager's size bit for bit in every runtime
+
+
+@functools.lru_cache(maxsize=8)
+def _float64_short_sizes(limit: int, sides: int = EXACT_SIZE_LIMIT) -> torch.Tensor:
+    """Keys ``denominator * (sides + 1) + side`` of every (side, denominator) up to ``sides`` where eager's
+    float64 ``floor(side * (limit / denominator))`` is one less than the exact ``side * limit // denominator``
+    (the product is an integer and float64 rounds it down a hair, e.g. 49 * (1 / 49) = 0.9999999999999999)."""
+    keys = []
+    for denominator in range(1, sides + 1):
+        step = denominator // math.gcd(limit, denominator)  # only these sides give an integer product
+        side = np.arange(step, sides + 1, step, dtype=np.int64)
+        eager = np.floor(side.astype(np.float64) * (limit / denominator)).astype(np.int64)
+        keys.append(denominator * (sides + 1) + side[eager != side * limit // denominator])
+    return torch.from_numpy(np.concatenate(keys))
+
+
+def eager_resized_size(shape: torch.Tensor, min_size: int, max_size: int) -> torch.Tensor:
+    """(H, W) int64 -> eager torchvision's resized (H, W), in integer arithmetic only.
+
+    Eager: scale = min(min_size / shorter, max_size / longer) and size = floor(side * scale) in float64.
+    Runtimes without float64 (OpenVINO's CPU plugin, TensorRT) compute a float64 graph in float32 and
+    resize one pixel short for ~12 % of sizes at min_size 128. Here: the scale's choice and
+    floor(side * limit / denominator) are exact integer arithmetic, and a table of the sizes where
+    float64 rounds an integer product down (:func:`_float64_short_sizes`) takes off that pixel;
+    values stay below 2**31 (OpenVINO's CPU plugin computes int64 in int32)."""
+    sides = EXACT_SIZE_LIMIT
+    shorter, longer = shape.min(), shape.max()
+    by_shorter = min_size * longer <= max_size * shorter  # min_size / shorter <= max_size / longer
+    limit = torch.where(by_shorter, torch.tensor(min_size), torch.tensor(max_size))
+    denominator = torch.where(by_shorter, shorter, longer)
+    exact = shape * limit // denominator
+    table_id = (~by_shorter).to(torch.int64) if min_size != max_size else torch.zeros((), dtype=torch.int64)
+    key = (table_id * (sides + 1) + denominator) * (sides + 1) + shape
+    key = torch.where((denominator <= sides) & (shape <= sides), key, torch.full_like(key, -1))
+    tables = [_float64_short_sizes(min_size)] + ([_float64_short_sizes(max_size) + (sides + 1) ** 2]
+                                                 if min_size != max_size else [])  # fmt: skip
+    short = (key[:, None] == torch.cat(tables)[None, :]).to(torch.int64).sum(dim=1)
+    return exact - short
+
+
 class ExactResizeTransform(GeneralizedRCNNTransform):
     """GeneralizedRCNNTransform whose traced resize gives eager PyTorch's size for every input size.
 
     Eager: scale = min(min_size / shorter, max_size / longer) and size = floor(side * scale), both in
     float64 (Python floats). Traced by torchvision: the same in float32, one pixel short for some
-    sizes. Here the traced graph does it in float64 and resizes to that size (ONNX Resize with
-    ``sizes``; bilinear, half-pixel, as ``interpolate(size=...)``). Eager calls are torchvision's own."""
+    sizes. Here the graph computes eager's size in integer arithmetic (:func:`eager_resized_size`:
+    exact in runtimes without float64 too, for sides up to :data:`EXACT_SIZE_LIMIT`) and resizes
+    to it (ONNX Resize with ``sizes``; bilinear, half-pixel, as ``interpolate(size=...)``). Eager
+    calls are torchvision's own."""
 
     @classmethod
     def like(cls, transform: GeneralizedRCNNTransform) -> ExactResizeTransform:
@@ -97,14 +146,35 @@ class ExactResizeTransform(GeneralizedRCNNTransform):
     def resize(self, image: torch.Tensor, target: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, Any]:
         if not torchvision._is_tracing() or self.training or self.fixed_size is not None or target is not None:
             return super().resize(image, target)
-        shape = torch._shape_as_tensor(image)[-2:].to(torch.float64)
-        # Tensors, not Python scalars: the exporter turns `scalar / tensor` into a float32 Reciprocal.
-        limits = torch.tensor([float(self.min_size[-1]), float(self.max_size)], dtype=torch.float64)
-        scale = (limits / torch.stack([shape.min(), shape.max()])).min()
-        size = torch.floor(shape * scale).to(torch.int64)
+        size = eager_resized_size(torch._shape_as_tensor(image)[-2:], int(self.min_size[-1]), int(self.max_size))
         hw: Any = [size[0], size[1]]  # traced tensors: the graph resizes to a computed size
         resized = F.interpolate(image[None], size=hw, mode="bilinear", align_corners=False)
         return resized[0], target
+
+
+def _branchless_batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor,
+                            iou_threshold: float) -> torch.Tensor:  # fmt: skip
+    """torchvision's coordinate-trick batched NMS without its ``if boxes.numel() == 0`` branch: OpenVINO
+    (2026.4) gives that branch's empty constant one row, so an image without detections came out with
+    one detection of label 0. Boxes are clipped to the image (coordinates >= 0), so
+    max(boxes.max(), 0) is boxes.max(), and it is defined on no boxes at all."""
+    max_coordinate = torch.cat([boxes.flatten(), boxes.new_zeros(1)]).max()
+    offsets = idxs.to(boxes) * (max_coordinate + 1)
+    return torchvision.ops.nms(boxes + offsets[:, None], scores, iou_threshold)
+
+
+@contextmanager
+def traceable_for_every_runtime(detector: nn.Module) -> Iterator[nn.Module]:
+    """``detector`` with :class:`ExactResizeTransform` and :func:`_branchless_batched_nms` for the duration
+    of a trace (eager results are unchanged)."""
+    boxes_module = torchvision.ops.boxes
+    original_nms = boxes_module.batched_nms
+    boxes_module.batched_nms = _branchless_batched_nms  # roi_heads and rpn call box_ops.batched_nms
+    try:
+        with exact_resize(detector) as patched:
+            yield patched
+    finally:
+        boxes_module.batched_nms = original_nms
 
 
 @contextmanager
@@ -146,7 +216,7 @@ def build_detector_onnx(detector: nn.Module, example: torch.Tensor, path: Path, 
         warnings.filterwarnings("ignore", message=r"Exporting aten::index operator of advanced indexing")
         # A fresh wrapper is in training mode, and torch.onnx.export restores that mode on the whole
         # tree afterwards: export an eval-mode wrapper, so the detector stays in eval mode.
-        with torch.no_grad(), exact_resize(detector.eval()):
+        with torch.no_grad(), traceable_for_every_runtime(detector.eval()):
             torch.onnx.export(DetectorGraph(detector).eval(), (example,), str(path), dynamo=False, opset_version=opset,
                               input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES), dynamic_axes=axes,
                               do_constant_folding=True)  # fmt: skip
@@ -299,7 +369,7 @@ def detection_sidecar(prepared: PreparedDetector, artifact: Path, name: str, opt
         "class_names": prepared.class_names,
         "tools": {**tool_versions(), **({"tensorrt": tensorrt["version"]} if tensorrt else {})},
         "export": {"exporter": exporter, "opset": options.opset,
-                   "resize": "deploy.exporters.detector.ExactResizeTransform (eager PyTorch's float64 size arithmetic)",
+                   "resize": "deploy.exporters.detector.ExactResizeTransform (eager PyTorch's float64 size, in integer arithmetic)",
                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": options.command},
         "quantization": built.get("quantization"),
         "parity": None,

@@ -27,6 +27,7 @@ import collections
 import contextlib
 import io
 import re
+import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -319,12 +320,16 @@ def preprocess_for_quantization(source: Path, target: Path) -> Path:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     quiet = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
-            quant_pre_process(str(source), str(target))
-    except Exception:  # symbolic shape inference gives up on some graphs; the optimisations do not need it
-        with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
-            quant_pre_process(str(source), str(target), skip_symbolic_shape=True)
+    source, target = Path(source).resolve(), Path(target).resolve()
+    # When symbolic shape inference gives up it saves sym_shape_infer_temp.onnx and a <uuid>.data
+    # into the working directory: run it in a scratch one, not the user's.
+    with tempfile.TemporaryDirectory(prefix="quant-pre-process-") as scratch, contextlib.chdir(scratch):
+        try:
+            with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+                quant_pre_process(str(source), str(target))
+        except Exception:  # symbolic shape inference gives up on some graphs; the optimisations do not need it
+            with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+                quant_pre_process(str(source), str(target), skip_symbolic_shape=True)
     return target
 
 

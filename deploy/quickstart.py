@@ -108,7 +108,8 @@ def detect(output: Path) -> tuple[Row, Path, Path]:
           f"mAP@[.5,.95] {coco['AP']:.1f}")  # fmt: skip
     from detection.compare import compare
 
-    picture = compare([Path(DETECTOR)], "fashion-det", data, output / "detections.png", images=6)
+    measured = f"{DETECTOR}, measured in this run: VOC07 mAP {voc:.1f}, COCO AP50 {coco['AP50']:.1f}, AP {coco['AP']:.1f}"
+    picture = compare([Path(DETECTOR)], "fashion-det", data, output / "detections.png", images=6, titles=[measured])
     row = Row("detect", f"zoo {DETECTOR} (C4 Faster R-CNN), fashion-det test (500 canvases)",
               f"VOC07 mAP {voc:.1f}, COCO AP50 {coco['AP50']:.1f}, AP {coco['AP']:.1f}", time.perf_counter() - start)  # fmt: skip
     return row, data, picture

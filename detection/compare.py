@@ -67,12 +67,15 @@ def draw(image: torch.Tensor, target: dict[str, Any], found: dict[str, torch.Ten
 
 @torch.no_grad()
 def compare(runs: list[Path], dataset: str, root: Path, output: Path, images: int = 6, threshold: float = 0.5,
-            scale: int = 3) -> Path:  # fmt: skip
-    """Write the comparison PNG to ``output`` (atomically) and return its path."""
+            scale: int = 3, titles: list[str] | None = None) -> Path:  # fmt: skip
+    """Write the comparison PNG to ``output`` (atomically) and return its path. ``titles``: one per run
+    (default: :func:`run_title`, the scores its run or zoo record holds)."""
     from matplotlib.figure import Figure
 
     if not runs:
         raise ValueError("give at least one detection.train run directory")
+    if titles is not None and len(titles) != len(runs):
+        raise ValueError(f"give one title per run: {len(titles)} titles for {len(runs)} runs")
     if images < 1 or scale < 1 or not 0 <= threshold <= 1:
         raise ValueError(f"need --images >= 1, --scale >= 1 and --threshold in [0, 1]; got {images}, {scale}, {threshold}")
     test_set = next(iter(evaluation_sets(dataset, root).values()))
@@ -81,7 +84,7 @@ def compare(runs: list[Path], dataset: str, root: Path, output: Path, images: in
     names = list(test_set.class_names)
     figure = Figure(figsize=(2.2 * count, 2.5 * len(runs)), layout="constrained")
     rows = figure.subfigures(len(runs), 1, squeeze=False)[:, 0]  # a row title must not widen one column
-    for row, run in zip(rows, runs):
+    for index, (row, run) in enumerate(zip(rows, runs)):
         found = run_or_zoo(run)
         if found is None:
             raise ValueError(f"{run}: not a detection.train run directory nor a zoo detector id")
@@ -91,7 +94,7 @@ def compare(runs: list[Path], dataset: str, root: Path, output: Path, images: in
             found = model([to_model_input(image, config["channels"])])[0]
             ax.imshow(draw(image, target, found, names, threshold, scale).permute(1, 2, 0).numpy())
             ax.set_axis_off()
-        row.suptitle(run_title(run, config), x=0.01, ha="left", fontsize=10)
+        row.suptitle(titles[index] if titles else run_title(run, config), x=0.01, ha="left", fontsize=10)
     figure.suptitle(f"{dataset} test images: ground truth green, detections >= {threshold:g} red", fontsize=11)
     with atomic_path(output) as tmp:
         figure.savefig(tmp, format="png", dpi=80)

@@ -169,6 +169,16 @@ def test_compare_draws_a_row_per_run_and_a_column_per_image(detector_run, benchm
                       str(tmp_path / "x.png")])  # fmt: skip
     assert not (tmp_path / "x.png").exists()
 
+def test_compare_takes_one_title_per_run(detector_run, benchmark, tmp_path):
+    from detection.compare import compare
+
+    with pytest.raises(ValueError, match="give one title per run: 1 titles for 2 runs"):
+        compare([detector_run, detector_run], "fashion-det", benchmark, tmp_path / "x.png", titles=["measured"])
+    assert not (tmp_path / "x.png").exists()
+    out = compare([detector_run], "fashion-det", benchmark, tmp_path / "y.png", images=2, titles=["measured here"])
+    assert out == tmp_path / "y.png" and out.stat().st_size > 0
+
+
 
 def test_bf16_training_evaluates_in_fp32_and_finishes(benchmark, tmp_path):
     """Found by a real run: under bf16 autocast the box head returned bfloat16 boxes, which the final

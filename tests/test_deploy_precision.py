@@ -229,7 +229,7 @@ def planted_c4(tmp_path_factory) -> Path:
     return make_run(tmp_path_factory.mktemp("runs"), "resnet20", "c4")
 
 
-@pytest.mark.parametrize(("fmt", "precision"), [("onnx", "fp16"), ("onnx", "int8"), ("openvino", "int8")])
+@pytest.mark.parametrize(("fmt", "precision"), [("onnx", "fp16"), ("onnx", "int8"), ("openvino", "fp16"), ("openvino", "int8")])
 def test_c4_detector_in_reduced_precision_keeps_its_map(fmt, precision, planted_c4, tiny_fashion_det, tmp_path,
                                                         monkeypatch):  # fmt: skip
     out = tmp_path / f"det-{precision}{'.onnx' if fmt == 'onnx' else '.xml'}"

@@ -136,6 +136,11 @@ def test_resnet20_round_trip_at_two_sizes_and_the_float32_resize_trap(design, ru
     assert sidecar["inputs"] == [{"name": "image", "shape": [3, "height", "width"], "dtype": "float32"}]
     assert [o["name"] for o in sidecar["outputs"]] == list(OUTPUT_NAMES) and sidecar["class_names"] == CLASSES
     assert sidecar["preprocessing"]["min_size"] == MIN_SIZE and sidecar["postprocessing"]["label_offset"] == 1
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(result.artifact))).graph
+    double = onnx.TensorProto.DOUBLE  # OpenVINO's CPU plugin and TensorRT compute it in float32
+    assert not [n.name for n in graph.node if n.op_type == "Cast" and n.attribute[0].i == double]
+    assert not [v.name for v in graph.value_info if v.type.tensor_type.elem_type == double]
+    assert not [t.name for t in graph.initializer if t.data_type == double]
 
     artifact, eager = deploy.load(result.artifact), deploy.load(runs[design])
     assert isinstance(artifact, DetectionPredictor) and artifact.backend.name == "onnx" and eager.backend.name == "eager"

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Issue 13's Fashion-MNIST runs, several at a time on one GPU, inside one device call.
+#
+#   bash benchmarks/gpu_session.sh [SECONDS]     # default 480: leaves a 10-minute call time to pack up
+#
+# Each run resumes from checkpoints/unfinished/NAME/ when that folder is committed (the runs began
+# on a CPU in an earlier session), else from $OUT/NAME/ (an earlier call of this session), else
+# starts. Every run is stopped after SECONDS (checkpoints are atomic and written every 500
+# iterations: a stop loses what came after the last one); its checkpoint.pt, config.json,
+# metrics.jsonl and log come back as $OUT/NAME.tar (the device returns at most 8 files),
+# which `tar -xf NAME.tar -C checkpoints/unfinished/` puts where the next call or session resumes
+# it. A finished run (metrics.jsonl has its final "test" record) goes into the zoo from there.
+#
+# The device machine has no Fashion-MNIST: carry the official IDX files, e.g.
+#   mkdir -p .fmnist && cp /usr/share/datasets/fashion-mnist/*.gz .fmnist/ && echo /.fmnist/ >> .git/info/exclude
+# and call with carry [".fmnist"]; this script reads them from there (FASHION_MNIST_DIR).
+#
+# The recipe flags are exactly those of the CPU runs (fp32, no --amp), so their checkpoints resume:
+# the engine refuses a resume whose recipe differs.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+SECONDS_PER_RUN=${1:-480}
+OUT=${OUT:-runs/gpu-session}
+mkdir -p "$OUT"
+export FASHION_MNIST_DIR=${FASHION_MNIST_DIR:-$PWD/.fmnist}
+export PYTHONUNBUFFERED=1
+PYTHON=${PYTHON:-python}
+RE="--weight-decay 5e-4 --random-erasing 0.5 --erasing-fill mean"
+
+# name | arch | recipe options (beyond §4.2's defaults)
+RUNS=(
+  "resnet20-fmnist-re|resnet20|$RE"
+  "plain20-fmnist-64k|plain20|"
+  "plain56-fmnist-64k|plain56|"
+  "resnet56-fmnist-re|resnet56|$RE"
+)
+if [ -n "${ONLY:-}" ]; then  # ONLY="plain20-fmnist-64k resnet20-fmnist-re": a subset
+  kept=()
+  for spec in "${RUNS[@]}"; do [[ " $ONLY " == *" ${spec%%|*} "* ]] && kept+=("$spec"); done
+  RUNS=("${kept[@]}")
+fi
+
+if [ ! -e "$FASHION_MNIST_DIR/train-images-idx3-ubyte.gz" ] && [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+  echo "error: no Fashion-MNIST training split in $FASHION_MNIST_DIR (carry .fmnist: see this script's header)" >&2
+  exit 2
+fi
+"$PYTHON" - <<'EOF' | tee "$OUT/machine.txt"
+import platform, torch
+gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device"
+print(f"torch {torch.__version__}, {gpu}, {platform.processor() or platform.machine()}")
+EOF
+
+pids=()
+for spec in "${RUNS[@]}"; do
+  IFS='|' read -r name arch options <<<"$spec"
+  run="$OUT/$name"
+  if [ ! -e "$run/checkpoint.pt" ] && [ -e "checkpoints/unfinished/$name/checkpoint.pt" ]; then
+    mkdir -p "$run" && cp "checkpoints/unfinished/$name/"{checkpoint.pt,config.json,metrics.jsonl} "$run/"
+  fi
+  resume=""
+  [ -e "$run/checkpoint.pt" ] && resume="--resume"
+  # shellcheck disable=SC2086  # options are words
+  timeout --signal=TERM --kill-after=30 "$SECONDS_PER_RUN" "$PYTHON" -m backbones.train "$arch" --dataset fashion-mnist \
+      $options --channels-last --eval-every 4000 --checkpoint-every 500 --log-every 500 --no-progress \
+      --output "$run" $resume >"$OUT/$name.log" 2>&1 &
+  pids+=($!)
+  echo "started $name ($arch${resume:+, resumed}) -> $OUT/$name.log"
+done
+for pid in "${pids[@]}"; do wait "$pid"; done
+
+for spec in "${RUNS[@]}"; do
+  name=${spec%%|*}
+  run="$OUT/$name"
+  [ -e "$run/checkpoint.pt" ] || { echo "$name: no checkpoint (see $OUT/$name.log)"; continue; }
+  cp "$OUT/$name.log" "$run/train.log"
+  tar -cf "$OUT/$name.tar" -C "$OUT" "$name/checkpoint.pt" "$name/config.json" "$name/metrics.jsonl" "$name/train.log"
+  last=$(grep -o '"iteration": [0-9]*' "$run/metrics.jsonl" | tail -1)
+  echo "$name: ${last:-no iterations logged}; $(grep '"kind": "eval"' "$run/metrics.jsonl" | tail -1)"
+  rm -rf "${run:?}" "$OUT/$name.log"  # all of it is in the tar
+done

@@ -27,6 +27,7 @@ from torch import nn
 from .distributed import DistContext, all_reduce_sum, barrier
 from .fileio import atomic_path, atomic_write_text
 from .schedule import LRSchedule
+from .stopping import StopRequests, TrainingStopped
 
 log = logging.getLogger("backbones.engine")
 
@@ -385,7 +386,7 @@ class Trainer:
         return metrics
 
     # ------------------------------------------------------------------ the loop
-    def _loop(self, progress: Any, batches_per_epoch: int, eval_every: int) -> None:
+    def _loop(self, progress: Any, batches_per_epoch: int, eval_every: int, stop: StopRequests) -> None:
         config = self.config
         self.model.train()
         window_start, window_samples, window_start_iteration = time.perf_counter(), 0, self.iteration
@@ -428,6 +429,8 @@ class Trainer:
                     self.save_checkpoint()
                 if self.iteration >= config.max_iters:
                     break
+                if self._stop_requested(stop):
+                    self._stop(stop)
             if self.source.skipped:
                 log.warning("epoch %d: %d unreadable image(s) skipped", epoch, self.source.skipped)
                 self._record("data", {"skipped_images": self.source.skipped, "epoch": epoch})
@@ -450,20 +453,42 @@ class Trainer:
             from tqdm import tqdm
 
             progress = tqdm(total=config.max_iters, initial=self.iteration, unit="it", dynamic_ncols=True)
-        if progress is None:
-            self._loop(None, batches_per_epoch, eval_every)
-        else:  # log lines (evaluations, warnings) print above the bar instead of breaking it
-            from tqdm.contrib.logging import logging_redirect_tqdm
+        try:
+            with StopRequests() as stop:
+                if progress is None:
+                    self._loop(None, batches_per_epoch, eval_every, stop)
+                else:  # log lines (evaluations, warnings) print above the bar instead of breaking it
+                    from tqdm.contrib.logging import logging_redirect_tqdm
 
-            with progress, logging_redirect_tqdm(loggers=[logging.getLogger()]):
-                self._loop(progress, batches_per_epoch, eval_every)
-        if self.evaluate_fn is not None and self.last_eval_iteration != self.iteration:
-            # resumed after the final evaluation failed or was interrupted: run it now
-            self.run_evaluation()
-            self.save_checkpoint()
-        if self.tb is not None:
-            self.tb.close()
+                    with progress, logging_redirect_tqdm(loggers=[logging.getLogger()]):
+                        self._loop(progress, batches_per_epoch, eval_every, stop)
+            if self.evaluate_fn is not None and self.last_eval_iteration != self.iteration:
+                # resumed after the final evaluation failed or was interrupted: run it now
+                self.run_evaluation()
+                self.save_checkpoint()
+        finally:
+            if self.tb is not None:
+                self.tb.close()
         return dict(self.last_eval)
+
+    def _stop_requested(self, stop: StopRequests) -> bool:
+        """Whether to stop now. Several processes agree first (all of them or none), at log boundaries only:
+        each one may get the signal at another iteration, and a checkpoint needs all of them."""
+        requested = stop.received is not None
+        if not self.ctx.enabled:
+            return requested
+        if self.iteration % self.config.log_every:
+            return False
+        flags = all_reduce_sum(torch.tensor([float(requested)], device=self.ctx.device), self.ctx)
+        return bool(flags.item() > 0)
+
+    def _stop(self, stop: StopRequests) -> None:
+        if self.iteration % self.config.checkpoint_every:  # not just written
+            self.save_checkpoint()
+        name = stop.received.name if stop.received is not None else "a signal to another process"
+        if self.ctx.is_main:
+            self._append_record("stop", {"signal": name})
+        raise TrainingStopped(name, self.iteration, self.checkpoint_path)
 
     def _train_step(self, batch: Any) -> int:
         batch = move_to(batch, self.ctx.device, self.config.channels_last)

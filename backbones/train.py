@@ -29,6 +29,7 @@ from .engine import EngineConfig, Trainer, engine_config_dict, refuse_finished_o
 from .fileio import atomic_write_text
 from .registry import create_model, get_model_entry
 from .schedule import SCHEDULES, LRSchedule
+from .stopping import TrainingStopped
 from .weights import save_weights
 
 log = logging.getLogger("backbones.train")
@@ -332,6 +333,10 @@ def main(argv: list[str] | None = None) -> int:
         final = trainer.fit(resume=args.resume)
     except (FileExistsError, ValueError) as error:
         raise SystemExit(str(error)) from None
+    except TrainingStopped as stopped:
+        log.warning("%s", stopped)
+        cleanup(ctx)
+        return stopped.exit_code
     test = evaluate_classifier(trainer.model, data.test.batches(0), ctx) if data.test is not None else final
     if ctx.is_main:
         save_weights(trainer.model, output / "final.safetensors", metadata={"arch": args.arch, "dataset": config["dataset"]})

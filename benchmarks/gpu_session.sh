@@ -5,8 +5,8 @@
 #
 # Each run resumes from checkpoints/unfinished/NAME/ when that folder is committed (the runs began
 # on a CPU in an earlier session), else from $OUT/NAME/ (an earlier call of this session), else
-# starts. Every run is stopped after SECONDS (checkpoints are atomic and written every 500
-# iterations: a stop loses what came after the last one); its checkpoint.pt, config.json,
+# starts. Every run is stopped after SECONDS by SIGTERM, on which the trainer finishes the
+# iteration and writes its checkpoint (atomic; also every 500 iterations); its checkpoint.pt, config.json,
 # metrics.jsonl and log come back as $OUT/NAME.tar (the device returns at most 8 files),
 # which `tar -xf NAME.tar -C checkpoints/unfinished/` puts where the next call or session resumes
 # it. A finished run (metrics.jsonl has its final "test" record) goes into the zoo from there.

@@ -31,6 +31,7 @@ from backbones.engine import EngineConfig, Trainer, engine_config_dict, refuse_f
 from backbones.fileio import atomic_write_text
 from backbones.registry import get_model_entry
 from backbones.schedule import LRSchedule
+from backbones.stopping import TrainingStopped
 from backbones.weights import load_state_dict_file, save_weights
 
 from .batches import DetectionBatches, detection_step
@@ -239,6 +240,10 @@ def main(argv: list[str] | None = None) -> int:
         final = trainer.fit(resume=args.resume)
     except (FileExistsError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
+    except TrainingStopped as stopped:
+        log.warning("%s", stopped)
+        cleanup(ctx)
+        return stopped.exit_code
     if ctx.is_main:
         save_weights(trainer.model, output / "final.safetensors", metadata={"backbone": args.backbone,
                                                                                  "design": config["design"]})

@@ -87,6 +87,49 @@ def test_sigkill_then_resume_ends_with_exactly_the_same_weights(tmp_path):
     assert (config["random_erasing"], config["erasing_fill"]) == (0.5, "random")
 
 
+def test_sigterm_stops_with_a_checkpoint_that_resumes_exactly(tmp_path):
+    """No periodic checkpoint in reach (--checkpoint-every 1000): all a resume has is the one written at the signal."""
+    args = [sys.executable, "-m", "backbones.train", *TINY, "--max-iters", "30", "--checkpoint-every", "1000",
+            "--log-every", "1", "--eval-every", "30", "--lr", "0.05", "--deterministic"]  # fmt: skip
+    reference, stopped = tmp_path / "reference", tmp_path / "stopped"
+    subprocess.run([*args, "--output", str(reference)], check=True, env=_env(), capture_output=True, timeout=300)
+
+    process = subprocess.Popen([*args, "--output", str(stopped)], env=_env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if (stopped / "metrics.jsonl").exists() and len(_records(stopped, "train")) >= 3:
+            break
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    at = read_checkpoint(stopped / "checkpoint.pt")["iteration"]
+    assert 3 <= at < 30 and not (stopped / "final.safetensors").exists()
+    assert f"stopped by SIGTERM at iteration {at}: {stopped / 'checkpoint.pt'} written" in stderr
+    assert [r["iteration"] for r in _records(stopped, "stop")] == [at]
+
+    result = subprocess.run([*args, "--output", str(stopped), "--resume"], env=_env(), capture_output=True, text=True,
+                            timeout=300, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    expected, actual = load_file(reference / "final.safetensors"), load_file(stopped / "final.safetensors")
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=0, msg=key)
+
+
+def test_a_second_signal_acts_at_once_and_handlers_are_restored():
+    from backbones.stopping import StopRequests, TrainingStopped
+
+    before = signal.getsignal(signal.SIGINT)
+    with StopRequests() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.received == signal.SIGINT  # recorded, not raised
+        with pytest.raises(KeyboardInterrupt):  # the second one: Python's own handler again
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before
+    assert TrainingStopped("SIGINT", 7, Path("c.pt")).exit_code == 130
+
+
 def test_random_erasing_flags_reach_the_config_and_the_augmentation():
     from backbones.augment import Chain, CropFlip, Preprocess, RandomErasing
     from backbones.train import train_augmentation

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,30 +47,42 @@ DETECTOR_VARIANTS: list[tuple[str, str, str, dict[str, Any]]] = [
 ]
 
 
-def run_detector(arch: str, weights: str, root: Path, out: Path, names: list[str], max_drop: float) -> list[dict[str, Any]]:
-    """The detector variants, each checked by its mAP on fashion-det's 500 test canvases (calibration:
-    512 of its training canvases)."""
+def export_each(variants: list[tuple[str, str, str, dict[str, Any]]], names: list[str], out: Path, arch: str,
+                weights: str, row: Callable[[dict[str, Any]], dict[str, Any]], calibration: str,
+                **common: Any) -> list[dict[str, Any]]:  # fmt: skip
+    """Export every chosen variant with ``common`` options (int8: calibrated on ``calibration``); one row
+    each, ``row(sidecar)``'s fields, or the export check's failure."""
     from deploy.export import ExportError, export_model
 
     rows = []
-    for name, fmt, precision, extra in DETECTOR_VARIANTS:
+    for name, fmt, precision, extra in variants:
         if names and name not in names:
             continue
         artifact = out / f"{weights}-{name}{SUFFIX[fmt]}"
         try:
-            result = export_model(arch, weights, artifact, detector="c4", format=fmt, precision=precision,
-                                  eval_dataset="fashion-det", data_root=root, max_accuracy_drop=max_drop,
-                                  calibration_dataset="fashion-det" if precision == "int8" else None, **extra)  # fmt: skip
+            result = export_model(arch, weights, artifact, format=fmt, precision=precision,
+                                  calibration_dataset=calibration if precision == "int8" else None, **common, **extra)  # fmt: skip
         except ExportError as error:
             rows.append({"variant": name, "failed": str(error)})
             continue
-        accuracy = json.loads(result.sidecar.read_text())["accuracy"]
-        rows.append({"variant": name, "artifact": str(artifact), "metric": accuracy["metric"], "fp32": accuracy["fp32"],
-                     "artifact_mAP": accuracy["artifact"], "drop": accuracy["accuracy_drop"],
-                     "coco_AP": {"fp32": accuracy["results"]["fp32"]["coco"]["AP"],
-                                 "artifact": accuracy["results"]["artifact"]["coco"]["AP"]},
-                     "confident_detections": accuracy["confident_detections"]})  # fmt: skip
+        rows.append({"variant": name, "artifact": str(artifact), **row(json.loads(result.sidecar.read_text()))})
     return rows
+
+
+def detector_row(sidecar: dict[str, Any]) -> dict[str, Any]:
+    accuracy = sidecar["accuracy"]
+    return {"metric": accuracy["metric"], "fp32": accuracy["fp32"], "artifact_mAP": accuracy["artifact"],
+            "drop": accuracy["accuracy_drop"],
+            "coco_AP": {"fp32": accuracy["results"]["fp32"]["coco"]["AP"],
+                        "artifact": accuracy["results"]["artifact"]["coco"]["AP"]},
+            "confident_detections": accuracy["confident_detections"]}  # fmt: skip
+
+
+def run_detector(arch: str, weights: str, root: Path, out: Path, names: list[str], max_drop: float) -> list[dict[str, Any]]:
+    """The detector variants, each checked by its mAP on fashion-det's 500 test canvases (calibration:
+    512 of its training canvases)."""
+    return export_each(DETECTOR_VARIANTS, names, out, arch, weights, detector_row, "fashion-det", detector="c4",
+                       eval_dataset="fashion-det", data_root=root, max_accuracy_drop=max_drop)  # fmt: skip
 
 
 def detector_table(rows: list[dict[str, Any]]) -> str:
@@ -85,25 +98,13 @@ def detector_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run(arch: str, weights: str, out: Path, names: list[str], eval_images: int | None, max_drop: float) -> list[dict[str, Any]]:
-    from deploy.export import ExportError, export_model
+def classifier_row(sidecar: dict[str, Any]) -> dict[str, Any]:
+    return {"accuracy": sidecar["accuracy"], "quantization": sidecar["quantization"], "openvino": sidecar.get("openvino")}
 
-    rows = []
-    for name, fmt, precision, extra in VARIANTS:
-        if names and name not in names:
-            continue
-        artifact = out / f"{weights}-{name}{SUFFIX[fmt]}"
-        try:
-            result = export_model(arch, weights, artifact, format=fmt, precision=precision, eval_dataset="fashion-mnist",
-                                  eval_images=eval_images, calibration_dataset="fashion-mnist" if precision == "int8" else None,
-                                  max_accuracy_drop=max_drop, **extra)  # fmt: skip
-        except ExportError as error:
-            rows.append({"variant": name, "failed": str(error)})
-            continue
-        sidecar = json.loads(result.sidecar.read_text())
-        rows.append({"variant": name, "artifact": str(artifact), "accuracy": sidecar["accuracy"],
-                     "quantization": sidecar["quantization"], "openvino": sidecar.get("openvino")})  # fmt: skip
-    return rows
+
+def run(arch: str, weights: str, out: Path, names: list[str], eval_images: int | None, max_drop: float) -> list[dict[str, Any]]:
+    return export_each(VARIANTS, names, out, arch, weights, classifier_row, "fashion-mnist",
+                       eval_dataset="fashion-mnist", eval_images=eval_images, max_accuracy_drop=max_drop)  # fmt: skip
 
 
 def table(rows: list[dict[str, Any]]) -> str:

@@ -54,14 +54,12 @@ def _quietly(function: Any, *args: Any, **kwargs: Any) -> Any:
         return function(*args, **kwargs)
 
 
-def _latency_ms(call: Any, repeats: int = 20) -> float:
-    call()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+def _latencies_ms(calls: dict[str, Any], iters: int = 20) -> dict[str, float]:
+    """Median ms per call, measured side by side (deploy.bench's interleaved rounds)."""
+    from .bench import time_interleaved
+
+    samples = time_interleaved(calls, warmup=1, iters=iters, rounds=4)
+    return {label: 1000 * statistics.median(seconds) for label, seconds in samples.items()}
 
 
 def train(output: Path) -> Row:
@@ -130,7 +128,8 @@ def deploy_both(output: Path, data: Path) -> list[Row]:
     assert isinstance(predictor, deploy.Predictor)
     top = predictor.predict(sample)[0][0]
     eager = deploy.load_eager(CLASSIFIER_ARCH, CLASSIFIER)
-    onnx_ms, eager_ms = _latency_ms(lambda: predictor.predict(sample)), _latency_ms(lambda: eager.predict(sample))
+    timed = _latencies_ms({"onnx": lambda: predictor.predict(sample), "eager": lambda: eager.predict(sample)})
+    onnx_ms, eager_ms = timed["onnx"], timed["eager"]
     print(f"resnet20.onnx: parity {fp32.parity['rel_error']:.1e} relative vs PyTorch; predict() says {top[0]!r} "
           f"({top[1]:.3f}); batch-1 predict {onnx_ms:.2f} ms vs eager {eager_ms:.2f} ms")  # fmt: skip
     rows.append(Row("deploy", "classifier -> ONNX fp32, deploy.load().predict",
@@ -140,10 +139,11 @@ def deploy_both(output: Path, data: Path) -> list[Row]:
     start = time.perf_counter()
     int8 = _quietly(export_model, CLASSIFIER_ARCH, CLASSIFIER, output / "resnet20-int8.onnx", precision="int8",
                     int8_scheme="asymmetric", **int8_images(test, output))  # fmt: skip
-    accuracy = int8.accuracy or {}
+    accuracy = int8.accuracy
+    assert accuracy is not None, "an int8 export checked on a labelled set records its accuracy"
     fp32_acc, int8_acc = accuracy["top1_accuracy"]["fp32"], accuracy["top1_accuracy"]["artifact"]
     quantized = deploy.load(int8.artifact)
-    int8_ms = _latency_ms(lambda: quantized.predict(sample))
+    int8_ms = _latencies_ms({"int8": lambda: quantized.predict(sample)})["int8"]
     print(f"resnet20-int8.onnx: top-1 accuracy {int8_acc:.2f} % vs fp32 {fp32_acc:.2f} % on {accuracy['images']} "
           f"held-out images ({accuracy['source']}); batch-1 predict {int8_ms:.2f} ms")  # fmt: skip
     rows.append(Row("deploy", f"classifier -> ONNX int8 (Q/DQ), {accuracy['images']} held-out test images",
@@ -156,8 +156,9 @@ def deploy_both(output: Path, data: Path) -> list[Row]:
     onnx_detector, eager_detector = deploy.load(detector.artifact), deploy.load_eager_detector(DETECTOR)
     assert isinstance(onnx_detector, deploy.DetectionPredictor)
     found = onnx_detector.predict(canvas, score_threshold=0.5)[0]
-    det_ms = _latency_ms(lambda: onnx_detector.predict(canvas), repeats=10)
-    det_eager_ms = _latency_ms(lambda: eager_detector.predict(canvas), repeats=10)
+    timed = _latencies_ms({"onnx": lambda: onnx_detector.predict(canvas), "eager": lambda: eager_detector.predict(canvas)},
+                          iters=10)  # fmt: skip
+    det_ms, det_eager_ms = timed["onnx"], timed["eager"]
     print(f"detector.onnx: boxes within {detector.parity['max_box_error_px']:.1e} px of PyTorch; {len(found)} "
           f"detection(s) >= 0.5 on {canvas.name}; {det_ms:.1f} ms vs eager {det_eager_ms:.1f} ms per image")  # fmt: skip
     rows.append(Row("deploy", "detector -> ONNX (resize ... NMS in one graph), deploy.load().predict",

@@ -26,6 +26,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import io
+import os
 import re
 import tempfile
 import warnings
@@ -310,6 +311,17 @@ def quantize_int8(source: Path, target: Path, feed: CalibrationFeed, *, method: 
             **summary}  # fmt: skip
 
 
+@contextlib.contextmanager
+def _working_directory(path: Path) -> Iterator[None]:
+    """contextlib.chdir, which Python 3.10 lacks."""
+    previous = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
 def preprocess_for_quantization(source: Path, target: Path) -> Path:
     """onnxruntime's own pre-processing (its basic graph optimisations and shape inference) before
     quantizing: the exporter shares equal constants through Identity nodes, which leaves convolution
@@ -323,7 +335,7 @@ def preprocess_for_quantization(source: Path, target: Path) -> Path:
     source, target = Path(source).resolve(), Path(target).resolve()
     # When symbolic shape inference gives up it saves sym_shape_infer_temp.onnx and a <uuid>.data
     # into the working directory: run it in a scratch one, not the user's.
-    with tempfile.TemporaryDirectory(prefix="quant-pre-process-") as scratch, contextlib.chdir(scratch):
+    with tempfile.TemporaryDirectory(prefix="quant-pre-process-") as scratch, _working_directory(Path(scratch)):
         try:
             with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
                 quant_pre_process(str(source), str(target))

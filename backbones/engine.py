@@ -108,9 +108,11 @@ class EngineConfig:
 
 CHECKPOINT_NAME = "checkpoint.pt"
 # Run-config keys a resumed run may change: where the data lives, how many processes share the global
-# batch, how often it evaluates, and how it executes (EngineConfig: logging, compile, channels_last).
-# Everything else is the recipe, and a resumed run must keep it to stay the same run.
-FREE_ON_RESUME = frozenset({"engine", "world_size", "data", "data_root", "eval_every"})
+# batch, how often it evaluates, and how it executes (EngineConfig: logging, compile, channels_last, and
+# the autocast precision, which must follow the hardware: a run started in bf16 on a CPU with bf16 units
+# would crawl at ~0.08x on one that emulates it). Each start's settings are a 'segment' record in
+# metrics.jsonl. Everything else is the recipe, and a resumed run must keep it to stay the same run.
+FREE_ON_RESUME = frozenset({"engine", "world_size", "data", "data_root", "eval_every", "amp"})
 # Run-config keys added after runs were already checkpointed, with the value an older run trained with:
 # a checkpoint without the key resumes only where the current value equals it.
 KEYS_ADDED_LATER: dict[str, Any] = {"random_erasing": 0.0, "erasing_fill": None}
@@ -156,6 +158,50 @@ def _metric_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
         if isinstance(record, dict):
             records.append((line, record))
     return records
+
+
+def run_segments(metrics_path: str | Path) -> list[dict[str, Any]]:
+    """How a run was executed, stretch by stretch, from the ``segment`` records of its metrics.jsonl:
+    ``[{"from_iteration": 0, "amp": "none", "compile": False, "device": "cpu", "cpu": "AVX2", "world_size": 1},
+    {"from_iteration": 11000, "amp": "bf16", ...}]``. A resume that changed none of these continues the stretch.
+    Empty when the file is missing or has no segment records (runs older than them)."""
+    path = Path(metrics_path)
+    if not path.is_file():
+        return []
+    segments: list[dict[str, Any]] = []
+    for _, record in _metric_records(path):
+        if record.get("kind") != "segment":
+            continue
+        engine = record.get("engine", {})
+        how = {"amp": engine.get("amp"), "compile": engine.get("compile"), "device": record.get("device"),
+               "cpu": record.get("cpu"), "world_size": record.get("world_size")}  # fmt: skip
+        if not segments or {k: v for k, v in segments[-1].items() if k != "from_iteration"} != how:
+            segments.append({"from_iteration": int(record.get("iteration", 0)), **how})
+    return segments
+
+
+def describe_amp(segments: list[dict[str, Any]], configured: str) -> str:
+    """The precision a run trained in, for a zoo record: ``bf16``, or ``none to iteration 11000, then bf16``
+    when a resume changed it (``configured``, the first start's, when the run has no segment records)."""
+    changes: list[tuple[int, str]] = []
+    for segment in segments:
+        if not changes or segment["amp"] != changes[-1][1]:
+            changes.append((segment["from_iteration"], segment["amp"]))
+    if len(changes) <= 1:
+        return changes[0][1] if changes else configured
+    text = changes[0][1]
+    for iteration, amp in changes[1:]:
+        text += f" to iteration {iteration}, then {amp}"
+    return text
+
+
+def recipe_and_segments(run_dir: str | Path, config: dict[str, Any], keys: Iterable[str]) -> dict[str, Any]:
+    """A zoo record's ``recipe`` (``keys`` of the run's config.json, ``amp`` as the run really trained) and
+    ``segments`` (how each stretch ran), for backbone and detector records alike."""
+    segments = run_segments(Path(run_dir) / "metrics.jsonl")
+    recipe = {key: config.get(key) for key in keys}
+    recipe["amp"] = describe_amp(segments, config.get("amp", "none"))
+    return {"recipe": recipe, "segments": segments}
 
 
 class CheckpointError(ValueError):
@@ -290,13 +336,17 @@ class Trainer:
             differences = "; ".join(f"{key}: {saved[key]!r} in the checkpoint, {current[key]!r} now" for key in changed)
             raise CheckpointError(f"{path} was written by a run with another recipe ({differences}). Resume with the "
                                   "same settings (see the run's config.json), or start a new run with --output")  # fmt: skip
+        if saved.get("amp", current.get("amp")) != current.get("amp"):
+            log.info("resuming with amp %s; iterations up to %s ran with amp %s (each segment is recorded in "
+                     "metrics.jsonl and in a zoo record)", current.get("amp"), state["iteration"], saved.get("amp"))
         from .weights import check_state_dict
 
         check_state_dict(self.model, state["model"], str(path))
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
-        self.scaler.load_state_dict(state["scaler"])
+        if state["scaler"] or not self.scaler.is_enabled():  # a run that switches to fp16 starts a fresh scale
+            self.scaler.load_state_dict(state["scaler"])
         self.iteration = int(state["iteration"])
         self.samples_seen = int(state["samples_seen"])
         self.meter_sums = {k: torch.tensor(v, dtype=torch.float64, device=self.ctx.device)

@@ -3,7 +3,8 @@
 ``add RUN_DIR --id ID`` evaluates the run's ``final.safetensors`` with ``backbones.evaluate`` on the
 dataset's test split, copies the weights to ``weights/ID.safetensors`` and writes the record
 (architecture, constructor options, classes, preprocessing, recipe, the measured metrics with the
-command that reproduces them, sha256, size) into ``weights/zoo.json``. Both files are written
+command that reproduces them, sha256, size, and how each stretch of the run was executed: precision,
+compile, device, CPU ISA) into ``weights/zoo.json``. Both files are written
 atomically; the new record is then loaded back through ``create_model`` to prove it works.
 """
 
@@ -15,6 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from .engine import recipe_and_segments
 from .evaluate import evaluate
 from .fileio import atomic_path, atomic_write_text, sha256_of
 from .registry import create_model
@@ -47,7 +49,7 @@ def add_run(run_dir: Path, zoo_id: str, zoo: Path | None = None, device: str = "
         "dataset": config["dataset"],
         "class_names": config["class_names"],
         "preprocessing": config["preprocessing"],
-        "recipe": {key: config.get(key) for key in RECIPE_KEYS},
+        **recipe_and_segments(run_dir, config, RECIPE_KEYS),
         "metrics": {"top1_err": metrics["top1_err"], "top5_err": metrics["top5_err"], "images": metrics["images"],
                     "split": "test", "protocol": metrics["protocol"],
                     "command": f"python -m backbones.evaluate {config['arch']} --weights {zoo_id} "

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backbones.engine import recipe_and_segments
 from backbones.fileio import atomic_path, atomic_write_text, sha256_of
 from backbones.weights import manifest_entries, verify_zoo_file, zoo_path
 
@@ -104,7 +105,7 @@ def add_run(run_dir: Path, zoo_id: str, data_root: Path, zoo: Path | None = None
         metrics.update({f"coco_{key}": round(value, 2) for key, value in results["coco"].items()})
     record = {"id": zoo_id, "backbone": config["backbone"], "design": config["design"], "dataset": config["dataset"],
               "class_names": config["class_names"], "config": {key: config.get(key) for key in CONFIG_KEYS},
-              "recipe": {key: config.get(key) for key in RECIPE_KEYS}, "metrics": metrics, "file": target.name,
+              **recipe_and_segments(run_dir, config, RECIPE_KEYS), "metrics": metrics, "file": target.name,
               "sha256": sha256_of(target), "size": target.stat().st_size}  # fmt: skip
     manifest: dict[str, Any] = json.loads(zoo.read_text()) if zoo.exists() else {"format_version": 1, "weights": []}
     manifest.setdefault(SECTION, []).append(record)

@@ -80,6 +80,7 @@ def test_zoo_add_records_the_evaluated_metric_and_loads_back(trained_run, tmp_pa
     record = add_run(trained_run, "resnet20_synthetic")
     assert record["metrics"]["command"] == "python -m backbones.evaluate resnet20 --weights resnet20_synthetic --dataset synthetic"
     assert record["preprocessing"]["input_size"] == 32 and record["recipe"]["batch_size"] == 32
+    assert record["recipe"]["amp"] == "none" and [s["from_iteration"] for s in record["segments"]] == [0]
     assert (zoo.parent / "resnet20_synthetic.safetensors").stat().st_size == record["size"]
     assert list(read_zoo(zoo)) == ["resnet20_synthetic"]
     by_id = evaluate("resnet20", ["resnet20_synthetic"], "synthetic")

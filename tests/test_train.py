@@ -373,7 +373,7 @@ def test_resume_keeps_the_recipe_and_survives_a_torn_metrics_line(tmp_path, capl
     train_main([*TINY, "--max-iters", "4", "--log-every", "1", "--checkpoint-every", "2", "--output", str(run)])
     for changed, message in ((["--seed", "1"], "seed: 0 in the checkpoint, 1 now"),
                              (["--batch-size", "8"], "batch_size: 16 in the checkpoint, 8 now"),
-                             (["--amp", "fp16"], "amp: 'none' in the checkpoint, 'fp16' now"),
+                             (["--momentum", "0.5"], "momentum: 0.9 in the checkpoint, 0.5 now"),
                              (["--random-erasing", "0.5"], "random_erasing: 0.0 in the checkpoint, 0.5 now")
                              ):  # fmt: skip
         with pytest.raises(SystemExit, match=re.escape(message)):
@@ -391,6 +391,45 @@ def test_resume_keeps_the_recipe_and_survives_a_torn_metrics_line(tmp_path, capl
     assert segments[1]["world_size"] == 1 and segments[1]["torch"] == torch.__version__
     assert segments[1]["cpu"] == cpu_description()
     assert json.loads((run / "config.json").read_text())["engine"]["channels_last"] is False
+
+
+def test_resume_may_change_the_precision_and_records_each_stretch_for_the_zoo(tmp_path, caplog):
+    """The CPU changes between sessions: a run begun in fp32 on a CPU without bf16 units resumes in bf16 on one
+    with them (and back). The recipe is still enforced; metrics.jsonl and a zoo record say which part ran how."""
+    import logging
+
+    from backbones.engine import EngineConfig, Trainer, describe_amp, recipe_and_segments, run_segments
+    from backbones.schedule import LRSchedule
+
+    def trainer(max_iters, amp, lr=0.1):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 1)
+        config = EngineConfig(tmp_path / "run", max_iters=max_iters, log_every=1, checkpoint_every=100, amp=amp,
+                              progress=False)  # fmt: skip
+        return Trainer(model, torch.optim.SGD(model.parameters(), lr=lr), LRSchedule(lr, max_iters=9), ToyBatches(4),
+                       toy_step, config, run_config={"lr": lr, "amp": amp})  # fmt: skip
+
+    trainer(3, "none").fit()
+    with pytest.raises(Exception, match=re.escape("lr: 0.1 in the checkpoint, 0.2 now")):
+        trainer(6, "bf16", lr=0.2).fit(resume=True)  # the recipe is still the recipe
+    with caplog.at_level(logging.INFO, logger="backbones.engine"):
+        resumed = trainer(6, "bf16")
+        resumed.fit(resume=True)
+    assert resumed.iteration == 6
+    assert "resuming with amp bf16; iterations up to 3 ran with amp none" in caplog.text
+    trainer(9, "none").fit(resume=True)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    segments = run_segments(metrics)
+    assert [(s["from_iteration"], s["amp"]) for s in segments] == [(0, "none"), (3, "bf16"), (6, "none")]
+    assert all(s["cpu"] == cpu_description() and s["device"] == "cpu" and s["compile"] is False for s in segments)
+    assert describe_amp(segments, "none") == "none to iteration 3, then bf16 to iteration 6, then none"
+    fields = recipe_and_segments(tmp_path / "run", {"lr": 0.1, "amp": "none", "seed": 3}, ("lr", "amp"))
+    assert fields == {"recipe": {"lr": 0.1, "amp": "none to iteration 3, then bf16 to iteration 6, then none"},
+                      "segments": segments}  # fmt: skip
+    # a resume that changes nothing of how it runs continues its stretch; runs older than segment records
+    # (or a missing log) fall back to the configured precision
+    assert describe_amp(segments[:1] * 2, "bf16") == "none" and describe_amp([], "bf16") == "bf16"
+    assert run_segments(tmp_path / "missing.jsonl") == []
 
 
 @pytest.mark.parametrize(("flags", "message"), [

@@ -2,7 +2,8 @@
 
 * ``python -m backbones.analysis RUN_DIR [RUN_DIR ...] --output curves.png``: error against
   iterations (Fig. 4 and 6: thin/dashed lines for training error, bold lines for test error), several
-  runs on one chart (e.g. plain-20/56 against ResNet-20/56 for the degradation result).
+  runs on one chart (e.g. plain-20/56 against ResNet-20/56 for the degradation result). A run is a
+  directory with a metrics.jsonl or a zoo id whose record kept its run's log.
 * ``python -m backbones.analysis responses NET=WEIGHTS [...] --dataset D --output responses.png``:
   layer responses (Fig. 7): the std of every 3×3 layer's output after BN, before the nonlinearity
   or the addition, over the test images with the net in eval mode; top: by layer index, bottom:
@@ -30,6 +31,7 @@ from .cliargs import POSITIVE, POSITIVE_INT
 from .distributed import pick_device
 from .evaluate import array_batches, load_model, load_test_split
 from .fileio import atomic_path, atomic_write_text
+from .weights import zoo_run_log
 
 RESPONSES = "responses"  # the first positional argument that selects Fig. 7 instead of training curves
 RESPONSE_DATASETS = ("fashion-mnist", "cifar10", "synthetic")
@@ -41,9 +43,17 @@ RESPONSE_FLAGS = ("dataset", "data", "images", "batch_size", "device", "json")
 
 
 def read_metrics(path: str | Path) -> list[dict]:
+    """The records of a run's metrics.jsonl: a run directory, the file itself, or a zoo id whose record kept it."""
+    source = str(path)
     path = Path(path)
     if path.is_dir():
         path = path / "metrics.jsonl"
+    if not path.is_file():
+        log = zoo_run_log(source) if not path.exists() else None
+        if log is None:
+            raise FileNotFoundError(f"{source}: neither a run directory with a metrics.jsonl, a metrics.jsonl, nor "
+                                    "a zoo id whose record kept its training log")  # fmt: skip
+        path = log
     records = []
     for number, line in enumerate(path.read_text().splitlines(), 1):
         if line.strip():
@@ -316,8 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
         usage="%(prog)s [RUN ...] [--panel TITLE LABEL=DIR ...] --output PNG [--title T] [--ymax Y]\n"
         f"       %(prog)s {RESPONSES} [LABEL=]NET=WEIGHTS ... --dataset D --output PNG [--json OUT] [--images N]",
     )  # fmt: skip
-    parser.add_argument("runs", nargs="*", metavar="RUN", help=f"run directories (with metrics.jsonl), optionally "
-                        f"LABEL=DIR; or '{RESPONSES}' then nets as [LABEL=]NET=WEIGHTS: NET an architecture (plain20), "
+    parser.add_argument("runs", nargs="*", metavar="RUN", help=f"run directories (with metrics.jsonl) or zoo ids "
+                        f"whose record kept the run's log, optionally LABEL=RUN; or '{RESPONSES}' then nets as [LABEL=]NET=WEIGHTS: NET an architecture (plain20), "
                         "WEIGHTS a zoo id, a run directory or a weights file (a run directory named "
                         f"'{RESPONSES}': write ./{RESPONSES})")  # fmt: skip
     parser.add_argument("--panel", nargs="+", action="append", metavar=("TITLE", "ITEM"),
@@ -393,7 +403,10 @@ def main(argv: list[str] | None = None) -> int:
         panels[args.title] = _runs(args.runs)
     if not panels or not all(panels.values()):
         parser.error("give run directories, or --panel TITLE LABEL=DIR ...")
-    plot_panels(panels, args.output, (0, args.ymax) if args.ymax else None)
+    try:
+        plot_panels(panels, args.output, (0, args.ymax) if args.ymax else None)
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"error: {_one_line(error)}") from None
     print(f"wrote {args.output}")
     return 0
 

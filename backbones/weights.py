@@ -7,7 +7,12 @@ A zoo record (one entry of ``zoo.json``'s ``"weights"`` list)::
      "dataset": "fashion-mnist", "class_names": [...],
      "preprocessing": {"input_size": 32, "channels": 1, "mean": [...], "std": [...], ...},
      "recipe": {...}, "metrics": {"top1_err": 5.1, "command": "python -m backbones.evaluate ..."},
-     "file": "resnet20_fashion_mnist.safetensors", "sha256": "...", "size": 1093456}
+     "file": "resnet20_fashion_mnist.safetensors", "sha256": "...", "size": 1093456,
+     "segments": [{"from_iteration": 0, "amp": "bf16", "device": "cpu", "cpu": "AVX512 + ...", ...}],
+     "log": {"file": "resnet20_fashion_mnist.metrics.jsonl", "sha256": "...", "size": 131072}}
+
+``segments`` (how each stretch of the run was executed) and ``log`` (the run's metrics.jsonl, for its
+curves) are optional: records added before they existed have neither.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ class ZooRecord:
     sha256: str
     size: int
     path: Path = field(compare=False)
+    log: dict[str, Any] | None = None  # the run's metrics.jsonl beside the weights: {"file", "sha256", "size"}
 
 
 @dataclass
@@ -98,8 +104,31 @@ def read_zoo(path: str | Path | None = None) -> dict[str, ZooRecord]:
     path = Path(path) if path is not None else zoo_path()
     if not path.exists():
         return {}
-    return {entry["id"]: ZooRecord(**{key: entry[key] for key in _REQUIRED_FIELDS}, path=path.parent / entry["file"])
+    return {entry["id"]: ZooRecord(**{key: entry[key] for key in _REQUIRED_FIELDS}, path=path.parent / entry["file"],
+                                   log=entry.get("log"))
             for _, entry in manifest_entries(path, "weights", _REQUIRED_FIELDS)}  # fmt: skip
+
+
+def keep_run_log(run_dir: Path, zoo_dir: Path, zoo_id: str) -> dict[str, Any] | None:
+    """Copy a run's metrics.jsonl beside its zoo weights as ``ID.metrics.jsonl``, so the training curves
+    outlive the machine the run trained on; the record's ``log`` field. None if the run has no log."""
+    source = Path(run_dir) / "metrics.jsonl"
+    if not source.is_file():
+        return None
+    target = Path(zoo_dir) / f"{zoo_id}.metrics.jsonl"
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(source.read_bytes())
+    return {"file": target.name, "sha256": sha256_of(target), "size": target.stat().st_size}
+
+
+def zoo_run_log(zoo_id: str, path: str | Path | None = None) -> Path | None:
+    """The verified training log of a zoo record; None if ``zoo_id`` is not a record or its run kept no log."""
+    record = read_zoo(path).get(str(zoo_id))
+    if record is None or record.log is None:
+        return None
+    log_path = record.path.parent / record.log["file"]
+    verify_zoo_file(f"{zoo_id} (training log)", log_path, record.log["size"], record.log["sha256"])
+    return log_path
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:

@@ -4,7 +4,8 @@
 dataset's test split, copies the weights to ``weights/ID.safetensors`` and writes the record
 (architecture, constructor options, classes, preprocessing, recipe, the measured metrics with the
 command that reproduces them, sha256, size, and how each stretch of the run was executed: precision,
-compile, device, CPU ISA) into ``weights/zoo.json``. Both files are written
+compile, device, CPU ISA) into ``weights/zoo.json``; the run's metrics.jsonl is kept beside the
+weights as ``weights/ID.metrics.jsonl`` for its training curves. Both files are written
 atomically; the new record is then loaded back through ``create_model`` to prove it works.
 """
 
@@ -20,7 +21,7 @@ from .engine import recipe_and_segments
 from .evaluate import evaluate
 from .fileio import atomic_path, atomic_write_text, sha256_of
 from .registry import create_model
-from .weights import read_zoo, zoo_path
+from .weights import keep_run_log, read_zoo, zoo_path
 
 RECIPE_KEYS = ("batch_size", "lr", "momentum", "weight_decay", "schedule", "milestones", "max_iters", "val_split",
                "warmup_lr", "warmup_until_error", "random_erasing", "erasing_fill", "seed", "amp", "world_size")  # fmt: skip
@@ -57,6 +58,7 @@ def add_run(run_dir: Path, zoo_id: str, zoo: Path | None = None, device: str = "
         "file": target.name,
         "sha256": sha256_of(target),
         "size": target.stat().st_size,
+        "log": keep_run_log(run_dir, zoo.parent, zoo_id),
     }
     manifest: dict[str, Any] = json.loads(zoo.read_text()) if zoo.exists() else {"format_version": 1, "weights": []}
     manifest["weights"].append(record)

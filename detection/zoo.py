@@ -23,7 +23,7 @@ from typing import Any
 
 from backbones.engine import recipe_and_segments
 from backbones.fileio import atomic_path, atomic_write_text, sha256_of
-from backbones.weights import manifest_entries, verify_zoo_file, zoo_path
+from backbones.weights import keep_run_log, manifest_entries, verify_zoo_file, zoo_path
 
 SECTION = "detectors"
 CONFIG_KEYS = ("backbone", "backbone_weights", "design", "freeze_at", "dataset", "model", "class_names", "channels",
@@ -106,7 +106,8 @@ def add_run(run_dir: Path, zoo_id: str, data_root: Path, zoo: Path | None = None
     record = {"id": zoo_id, "backbone": config["backbone"], "design": config["design"], "dataset": config["dataset"],
               "class_names": config["class_names"], "config": {key: config.get(key) for key in CONFIG_KEYS},
               **recipe_and_segments(run_dir, config, RECIPE_KEYS), "metrics": metrics, "file": target.name,
-              "sha256": sha256_of(target), "size": target.stat().st_size}  # fmt: skip
+              "sha256": sha256_of(target), "size": target.stat().st_size,
+              "log": keep_run_log(run_dir, zoo.parent, zoo_id)}  # fmt: skip
     manifest: dict[str, Any] = json.loads(zoo.read_text()) if zoo.exists() else {"format_version": 1, "weights": []}
     manifest.setdefault(SECTION, []).append(record)
     atomic_write_text(zoo, json.dumps(manifest, indent=1) + "\n")

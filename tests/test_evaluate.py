@@ -81,6 +81,21 @@ def test_zoo_add_records_the_evaluated_metric_and_loads_back(trained_run, tmp_pa
     assert record["metrics"]["command"] == "python -m backbones.evaluate resnet20 --weights resnet20_synthetic --dataset synthetic"
     assert record["preprocessing"]["input_size"] == 32 and record["recipe"]["batch_size"] == 32
     assert record["recipe"]["amp"] == "none" and [s["from_iteration"] for s in record["segments"]] == [0]
+    # the run's log is kept beside the weights, so its curves outlive the run directory
+    log = zoo.parent / record["log"]["file"]
+    assert log.name == "resnet20_synthetic.metrics.jsonl"
+    assert log.read_bytes() == (trained_run / "metrics.jsonl").read_bytes() and record["log"]["size"] == log.stat().st_size
+    from backbones.analysis import main as analysis_main
+    from backbones.analysis import read_metrics
+
+    assert read_metrics("resnet20_synthetic") == read_metrics(trained_run)
+    png = tmp_path / "curves.png"
+    assert analysis_main(["ResNet-20=resnet20_synthetic", "--output", str(png)]) == 0 and png.stat().st_size > 0
+    with pytest.raises(SystemExit, match="no_such_run: neither a run directory with a metrics.jsonl"):
+        analysis_main(["no_such_run", "--output", str(png)])
+    log.write_text(log.read_text() + "\n")
+    with pytest.raises(SystemExit, match=r"resnet20_synthetic \(training log\)': .* has \d+ bytes, the record says"):
+        analysis_main(["resnet20_synthetic", "--output", str(png)])
     assert (zoo.parent / "resnet20_synthetic.safetensors").stat().st_size == record["size"]
     assert list(read_zoo(zoo)) == ["resnet20_synthetic"]
     by_id = evaluate("resnet20", ["resnet20_synthetic"], "synthetic")

@@ -35,8 +35,9 @@ def run_title(run: Path, config: dict[str, Any]) -> str:
     record = read_detectors().get(str(run)) if not run.exists() else None
     if record is not None:
         scores = record.metrics
-        return (f"{title}, zoo {record.id}: VOC07 mAP {scores.get('voc_mAP', float('nan')):.1f}, COCO AP50 "
-                f"{scores.get('coco_AP50', float('nan')):.1f}, AP {scores.get('coco_AP', float('nan')):.1f}")  # fmt: skip
+        # as the record stores them (two decimals): 69.85 is a binary fraction below it, so '.1f' printed 69.8
+        return (f"{title}, zoo {record.id}: VOC07 mAP {scores.get('voc_mAP', float('nan')):.2f}, COCO AP50 "
+                f"{scores.get('coco_AP50', float('nan')):.2f}, AP {scores.get('coco_AP', float('nan')):.2f}")  # fmt: skip
     metrics = run / "metrics.jsonl"
     records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.is_file() else []
     evals = [r for r in records if r.get("kind") == "eval"]

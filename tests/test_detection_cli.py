@@ -1,6 +1,7 @@
 """detection.train and detection.eval end to end on a tiny Fashion-MNIST detection benchmark."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -159,6 +160,11 @@ def test_compare_draws_a_row_per_run_and_a_column_per_image(detector_run, benchm
     title = run_title(detector_run, json.loads((detector_run / "config.json").read_text()))
     assert title == (f"resnet20 C4: VOC07 mAP {final['voc_mAP']:.1f}, COCO AP50 {final['coco_AP50']:.1f}, "
                      f"AP {final['coco_AP']:.1f}")  # fmt: skip
+    from detection.zoo import zoo_detector
+
+    config, _ = zoo_detector("det_resnet20_c4_fashion_det")
+    assert run_title(Path("det_resnet20_c4_fashion_det"), config).endswith(
+        "zoo det_resnet20_c4_fashion_det: VOC07 mAP 69.85, COCO AP50 70.97, AP 49.29")  # as recorded, not 69.8
     capsys.readouterr()
     with pytest.raises(SystemExit):
         compare_main([str(detector_run), "--dataset", "fashion-det", "--data-root", str(benchmark), "--output",

@@ -3,7 +3,8 @@
 * ``python -m backbones.analysis RUN_DIR [RUN_DIR ...] --output curves.png``: error against
   iterations (Fig. 4 and 6: thin/dashed lines for training error, bold lines for test error), several
   runs on one chart (e.g. plain-20/56 against ResNet-20/56 for the degradation result). A run is a
-  directory with a metrics.jsonl or a zoo id whose record kept its run's log.
+  directory with a metrics.jsonl or a zoo id whose record kept its run's log. Prints a table of each
+  run's final training error (mean over its last ``--train-window`` iterations) and test error.
 * ``python -m backbones.analysis responses NET=WEIGHTS [...] --dataset D --output responses.png``:
   layer responses (Fig. 7): the std of every 3×3 layer's output after BN, before the nonlinearity
   or the addition, over the test images with the net in eval mode; top: by layer index, bottom:
@@ -69,6 +70,36 @@ def error_series(records: list[dict], kind: str, key: str) -> tuple[list[int], l
     points = [(r["iteration"], r[key]) for r in records if r.get("kind") == kind and key in r]
     scale = 100.0 if kind == "train" else 1.0
     return [p[0] for p in points], [p[1] * scale for p in points]
+
+
+def final_errors(records: list[dict], train_window: int) -> dict[str, Any]:
+    """A run's end in numbers: its last iteration, the training error (percent) averaged over the records of
+    its last ``train_window`` iterations, the final test error, and the best one with its iteration (shown
+    for information only: picking it would select on the test set)."""
+    train_iters, train_errors = error_series(records, "train", "error")
+    eval_iters, test_errors = error_series(records, "eval", "top1_err")
+    last = max(train_iters + eval_iters, default=0)
+    window = [error for iteration, error in zip(train_iters, train_errors) if iteration > last - train_window]
+    best = min(range(len(test_errors)), key=test_errors.__getitem__) if test_errors else None
+    return {"iterations": last, "train_err": sum(window) / len(window) if window else None,
+            "test_err": test_errors[-1] if test_errors else None,
+            "best_test_err": test_errors[best] if best is not None else None,
+            "best_test_iteration": eval_iters[best] if best is not None else None}  # fmt: skip
+
+
+def final_errors_table(runs: Mapping[str, str | Path], train_window: int) -> str:
+    """Markdown table of ``final_errors`` for each run, in order."""
+
+    def cell(value: float | None) -> str:
+        return "–" if value is None else f"{value:.2f}"
+
+    lines = [f"| run | iterations | training error (last {train_window} it) | final test error "
+             "| best test error (at) |", "|---|---|---|---|---|"]  # fmt: skip
+    for label, run in runs.items():
+        end = final_errors(read_metrics(run), train_window)
+        best = "–" if end["best_test_err"] is None else f"{cell(end['best_test_err'])} ({end['best_test_iteration']})"
+        lines.append(f"| {label} | {end['iterations']} | {cell(end['train_err'])} | {cell(end['test_err'])} | {best} |")
+    return "\n".join(lines)
 
 
 def _draw(axis, runs: Mapping[str, str | Path], colors: list[str]) -> None:
@@ -326,10 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
         usage="%(prog)s [RUN ...] [--panel TITLE LABEL=DIR ...] --output PNG [--title T] [--ymax Y]\n"
         f"       %(prog)s {RESPONSES} [LABEL=]NET=WEIGHTS ... --dataset D --output PNG [--json OUT] [--images N]",
     )  # fmt: skip
-    parser.add_argument("runs", nargs="*", metavar="RUN", help=f"run directories (with metrics.jsonl) or zoo ids "
-                        f"whose record kept the run's log, optionally LABEL=RUN; or '{RESPONSES}' then nets as [LABEL=]NET=WEIGHTS: NET an architecture (plain20), "
-                        "WEIGHTS a zoo id, a run directory or a weights file (a run directory named "
-                        f"'{RESPONSES}': write ./{RESPONSES})")  # fmt: skip
+    parser.add_argument("runs", nargs="*", metavar="RUN", help="run directories (with metrics.jsonl) or zoo ids whose "
+                        f"record kept the run's log, optionally LABEL=RUN; or '{RESPONSES}' then nets as "
+                        "[LABEL=]NET=WEIGHTS: NET an architecture (plain20), WEIGHTS a zoo id, a run directory or a "
+                        f"weights file (a run directory named '{RESPONSES}': write ./{RESPONSES})")  # fmt: skip
     parser.add_argument("--panel", nargs="+", action="append", metavar=("TITLE", "ITEM"),
                         help="a chart of its own: a title then runs (LABEL=DIR) or, for responses, nets "
                         "([LABEL=]NET=WEIGHTS); repeat for side-by-side charts (Fig. 6)")  # fmt: skip
@@ -337,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--title", default="", help="chart title (one chart; --panel titles its own)")
     parser.add_argument("--ymax", type=POSITIVE, default=None, help="upper limit of the y axis (error in percent; "
                         "std for responses)")  # fmt: skip
+    curves = parser.add_argument_group("training curves only")
+    curves.add_argument("--train-window", type=POSITIVE_INT, default=None, help="the printed table's training error is "
+                        "the mean over each run's last N iterations (default: 2500, a 25th of §4.2's 64k)")  # fmt: skip
     responses = parser.add_argument_group(f"{RESPONSES} (Fig. 7) only")
     responses.add_argument("--dataset", choices=RESPONSE_DATASETS, help="whose test split to measure on (required)")
     responses.add_argument("--data", type=Path, help="dataset directory (cifar-10-batches-py, Fashion-MNIST IDX; "
@@ -354,6 +388,8 @@ def _one_line(error: Exception) -> str:
 
 
 def _main_responses(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]) -> int:
+    if args.train_window is not None:
+        parser.error(f"--train-window: only for training curves, not for '{RESPONSES}'")
     if args.dataset is None:
         parser.error(f"{RESPONSES} needs --dataset ({', '.join(RESPONSE_DATASETS)})")
     items = {title: list(nets) for title, *nets in (args.panel or [])}
@@ -405,8 +441,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give run directories, or --panel TITLE LABEL=DIR ...")
     try:
         plot_panels(panels, args.output, (0, args.ymax) if args.ymax else None)
+        table = final_errors_table({label: run for runs in panels.values() for label, run in runs.items()},
+                                   args.train_window or 2500)  # fmt: skip
     except (ValueError, FileNotFoundError) as error:
         raise SystemExit(f"error: {_one_line(error)}") from None
+    print(table)
     print(f"wrote {args.output}")
     return 0
 

@@ -200,6 +200,8 @@ def _fails(argv, capsys) -> str:
 
 def test_bad_responses_input_is_one_clear_line(runs, tmp_path, capsys):
     out = ["--dataset", "synthetic", "--images", "4", "--output", str(tmp_path / "x.png")]
+    assert _fails(["responses", f"resnet20={runs['resnet20']}", "--train-window", "10", *out], capsys).endswith(
+        "error: --train-window: only for training curves, not for 'responses'")
     message = _fails(["responses", "resnet20=no_such_zoo_id", *out], capsys)
     assert message.startswith("error: weights 'no_such_zoo_id' is neither a file nor a zoo id in ")
     message = _fails(["responses", "resnet20=plain20_fashion_mnist_6ep", *out], capsys)
@@ -238,12 +240,32 @@ def _curve_run(directory, offset: float):
     return directory
 
 
+def test_final_errors_average_the_training_window_and_keep_the_last_test_error():
+    from backbones.analysis import final_errors
+
+    records = [{"kind": "train", "iteration": i, "error": e} for i, e in ((100, 0.30), (200, 0.20), (300, 0.10))]
+    records += [{"kind": "eval", "iteration": 150, "top1_err": 12.0}, {"kind": "segment", "iteration": 0},
+                {"kind": "eval", "iteration": 300, "top1_err": 14.0}]  # fmt: skip
+    assert final_errors(records, train_window=200) == pytest.approx(
+        {"iterations": 300, "train_err": 15.0, "test_err": 14.0, "best_test_err": 12.0, "best_test_iteration": 150})
+    assert final_errors(records, train_window=1)["train_err"] == pytest.approx(10.0)
+    assert final_errors([{"kind": "train", "iteration": 5, "error": 0.5}], 10) == {
+        "iterations": 5, "train_err": 50.0, "test_err": None, "best_test_err": None, "best_test_iteration": None}
+
+
 def test_training_curves_keep_their_command_line(tmp_path, capsys):
     first, second = _curve_run(tmp_path / "p20", 0.1), _curve_run(tmp_path / "r20", 0.0)
     assert main([str(first), f"ResNet-20={second}", "--output", str(tmp_path / "one.png"), "--title", "t"]) == 0
     assert main(["--panel", "plain", f"plain-20={first}", "--panel", "ResNets", f"ResNet-20={second}",
                  "--output", str(tmp_path / "two.png"), "--ymax", "30"]) == 0  # fmt: skip
-    assert capsys.readouterr().out.splitlines() == [f"wrote {tmp_path / 'one.png'}", f"wrote {tmp_path / 'two.png'}"]
+    out = capsys.readouterr().out.splitlines()
+    assert [line for line in out if line.startswith("wrote")] == [f"wrote {tmp_path / 'one.png'}",
+                                                                  f"wrote {tmp_path / 'two.png'}"]  # fmt: skip
+    # each run's end in numbers: training error over the last 2500 iterations (all three records here: 45, 40
+    # and 35 %, plus 10 points for p20), the final test error, the best one and where
+    assert out[:4] == ["| run | iterations | training error (last 2500 it) | final test error | best test error (at) |",
+                       "|---|---|---|---|---|", "| p20 | 60 | 50.00 | 40.10 | 40.10 (60) |",
+                       "| ResNet-20 | 60 | 40.00 | 40.00 | 40.00 (60) |"]  # fmt: skip
     assert (tmp_path / "one.png").read_bytes()[:8] == (tmp_path / "two.png").read_bytes()[:8] == PNG
     message = _fails([str(first), "--output", str(tmp_path / "x.png"), "--dataset", "synthetic", "--json", "x.json"],
                      capsys)  # fmt: skip

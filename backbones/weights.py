@@ -126,6 +126,9 @@ def zoo_run_log(zoo_id: str, path: str | Path | None = None) -> Path | None:
     record = read_zoo(path).get(str(zoo_id))
     if record is None or record.log is None:
         return None
+    if not isinstance(record.log, dict) or not {"file", "size", "sha256"} <= set(record.log):
+        raise ValueError(f"zoo record {zoo_id!r}: field 'log' must be an object with file, size and sha256, "
+                         f"got {record.log!r}")  # fmt: skip
     log_path = record.path.parent / record.log["file"]
     verify_zoo_file(f"{zoo_id} (training log)", log_path, record.log["size"], record.log["sha256"])
     return log_path

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from backbones import create_model
+from backbones.analysis import read_metrics
 from backbones.evaluate import evaluate
 from backbones.weights import DEFAULT_ZOO, read_zoo
 from detection.eval import load_detector
@@ -61,6 +62,19 @@ def test_record_loads_and_states_its_command(record):
     model = create_model(record.arch, weights=record.id)  # verifies size and sha256
     assert model.num_classes == len(record.class_names) and model.in_chans == record.preprocessing["channels"]
     assert record.metrics["command"].startswith(f"python -m backbones.evaluate {record.arch} --weights {record.id} ")
+
+
+LOGGED = [r for r in RECORDS if r.log is not None]
+
+
+@pytest.mark.parametrize("record", LOGGED, ids=[r.id for r in LOGGED])
+def test_a_kept_training_log_is_the_records_own_run(record):
+    """The log beside the weights verifies, ran the recorded schedule to its end, and its final evaluation is
+    the recorded test error (the trainer evaluates under the run's autocast, backbones.evaluate in fp32)."""
+    records = read_metrics(record.id)  # through the zoo: size and sha256 checked
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert max(r["iteration"] for r in records) == evals[-1]["iteration"] == record.recipe["max_iters"]
+    assert evals[-1]["top1_err"] == pytest.approx(record.metrics["top1_err"], abs=0.1)
 
 
 def _remeasure(record):

@@ -27,6 +27,7 @@ quickstart: $(STAMP)
 	$(BIN)/python -m deploy.quickstart --output runs/quickstart
 
 test: $(STAMP)
+	$(BIN)/python -m ruff check .
 	$(BIN)/python -m pytest -q
 
 summary: $(STAMP)

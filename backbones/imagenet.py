@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,7 +44,7 @@ IMAGENET_PCA_EIGVEC = (
 TEST_SCALES = (224, 256, 384, 480, 640)
 PROTOCOLS = ("center", "10crop", "multiscale")
 
-ImageLike = Union[Image.Image, torch.Tensor]  # a PIL image, or a uint8 (C, H, W) tensor on any device
+ImageLike = Image.Image | torch.Tensor  # a PIL image, or a uint8 (C, H, W) tensor on any device
 
 
 # ---------------------------------------------------------------- decoding

@@ -20,7 +20,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,8 +31,8 @@ from torchvision.transforms.v2 import functional as F
 from backbones.augment import Preprocess
 from backbones.imagenet import IMAGENET_MEAN, IMAGENET_STD, decode_image, to_rgb
 
-ImageInput = Union[str, Path, Image.Image, np.ndarray, torch.Tensor]
-Images = Union[ImageInput, Sequence[ImageInput]]
+ImageInput = str | Path | Image.Image | np.ndarray | torch.Tensor
+Images = ImageInput | Sequence[ImageInput]
 
 _INTERPOLATION = {"bilinear": F.InterpolationMode.BILINEAR, "bicubic": F.InterpolationMode.BICUBIC,
                   "nearest": F.InterpolationMode.NEAREST}  # fmt: skip

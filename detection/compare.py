@@ -57,10 +57,11 @@ def draw(image: torch.Tensor, target: dict[str, Any], found: dict[str, torch.Ten
     text = dict(font=font_manager.findfont("DejaVu Sans"), font_size=6 * scale, fill_labels=True, label_colors="black")
     canvas = image.repeat_interleave(scale, 1).repeat_interleave(scale, 2)  # nearest-neighbour: keeps pixels visible
     if len(target["boxes"]):  # images without objects are valid
-        canvas = draw_bounding_boxes(canvas, target["boxes"] * scale, [names[int(l) - 1] for l in target["labels"]],
+        canvas = draw_bounding_boxes(canvas, target["boxes"] * scale, [names[int(label) - 1] for label in target["labels"]],
                                      colors="lime", width=2, **text)  # fmt: skip
     keep = found["scores"] >= threshold
-    labels = [f"{names[int(l) - 1]} {float(s):.2f}" for l, s in zip(found["labels"][keep], found["scores"][keep])]
+    labels = [f"{names[int(label) - 1]} {float(score):.2f}"
+              for label, score in zip(found["labels"][keep], found["scores"][keep])]
     if labels:
         canvas = draw_bounding_boxes(canvas, found["boxes"][keep] * scale, labels, colors="red", width=2, **text)
     return canvas

@@ -122,11 +122,12 @@ def visualize(predictions: list[Prediction], dataset: Any, directory: Path, coun
     written = []
     for index, prediction in enumerate(predictions[:count]):
         image, target = dataset[index]
-        canvas = draw_bounding_boxes(image, target["boxes"], [names[int(l) - 1] for l in target["labels"]],
+        canvas = draw_bounding_boxes(image, target["boxes"], [names[int(label) - 1] for label in target["labels"]],
                                      colors="lime", width=1)  # fmt: skip
         keep = prediction.scores >= threshold
         if keep.any():
-            labels = [f"{names[int(l) - 1]} {s:.2f}" for l, s in zip(prediction.labels[keep], prediction.scores[keep])]
+            labels = [f"{names[int(label) - 1]} {score:.2f}"
+                      for label, score in zip(prediction.labels[keep], prediction.scores[keep])]
             canvas = draw_bounding_boxes(canvas, torch.as_tensor(prediction.boxes[keep]), labels, colors="red", width=1)
         path = directory / f"{prediction.image_id}.png"
         with atomic_path(path) as tmp:

@@ -335,7 +335,7 @@ def _load_sources(fashion_mnist: str | Path | Sequence[ArrayDataset] | None,
             raise ValueError("fashion_mnist must be a directory or a (train, test) pair of ArrayDatasets")
         sources = {"train": fashion_mnist[0], "test": fashion_mnist[1]}
         description = "in-memory: " + ", ".join(d.name for d in fashion_mnist)
-    for split, dataset in sources.items():
+    for dataset in sources.values():
         if dataset.channels != 1:
             raise ValueError(f"{dataset.name}: Fashion-MNIST items must be grey (1 channel), got {dataset.channels}")
         if len(dataset.class_names) != len(FASHION_DET_CLASSES):

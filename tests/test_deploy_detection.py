@@ -30,10 +30,10 @@ from deploy.export import main as export_main
 from deploy.exporters.detector import (
     OUTPUT_NAMES,
     ExactResizeTransform,
-    eager_resized_size,
     build_detector_onnx,
     build_tensorrt_onnx,
     check_detection_parity,  # fmt: skip
+    eager_resized_size,
     exact_resize,
     match_detections,
 )

@@ -22,7 +22,7 @@ def trained_run(tmp_path_factory):
 
 
 def test_evaluate_a_run_matches_the_trainers_final_evaluation(trained_run, capsys):
-    trainer_eval = [json.loads(l) for l in (trained_run / "metrics.jsonl").read_text().splitlines()][-1]
+    trainer_eval = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()][-1]
     assert trainer_eval["kind"] == "eval"
     result = evaluate("resnet20", [str(trained_run)], "synthetic")
     assert result["images"] == 1000
@@ -123,7 +123,7 @@ def test_imagenet_protocols_on_a_tiny_val_folder(tmp_path):
     from backbones.imagenet import ImageFolderDataset, center_crop_views
 
     rng = torch.Generator().manual_seed(0)
-    for label, name in enumerate(("n01", "n02")):
+    for name in ("n01", "n02"):
         (tmp_path / "val" / name).mkdir(parents=True)
         for index in range(2):
             pixels = (torch.rand(260, 300, 3, generator=rng) * 255).to(torch.uint8).numpy()

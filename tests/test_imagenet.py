@@ -112,7 +112,7 @@ def test_every_mode_is_decoded_to_rgb(train_set, root):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # palette-with-transparency must convert without PIL's warning
         samples = {train_set.path(i).name: train_set[i] for i in range(BAD_INDEX)}
-    for name, (image, label) in samples.items():
+    for name, (image, _label) in samples.items():
         assert image.mode == "RGB", name
         assert image.size == ((30, 40) if name == "a1.jpg" else (40, 30)), name
     assert samples["a0.JPEG"][1] == 0 and samples["b0.jpg"][1] == 1 and samples["c0.JPEG"][1] == 2

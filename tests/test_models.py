@@ -165,7 +165,7 @@ def test_feature_extraction_names_strides_channels(name, size, expected):
     with torch.no_grad():
         features = model.forward_features(torch.randn(1, 3, size, size))
     assert list(features) == [n for n, *_ in expected]
-    for (stage, channels, stride, side), tensor in zip(expected, features.values()):
+    for (_stage, channels, stride, side), tensor in zip(expected, features.values()):
         assert tensor.shape == (1, channels, side, side) == (1, channels, size // stride, size // stride)
 
 

@@ -30,6 +30,7 @@ from torch import nn
 from .augment import Preprocess
 from .cliargs import POSITIVE, POSITIVE_INT
 from .distributed import pick_device
+from .engine import metric_records
 from .evaluate import array_batches, load_model, load_test_split
 from .fileio import atomic_path, atomic_write_text
 from .weights import zoo_run_log
@@ -44,25 +45,19 @@ RESPONSE_FLAGS = ("dataset", "data", "images", "batch_size", "device", "json")
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    """The records of a run's metrics.jsonl: a run directory, the file itself, or a zoo id whose record kept it."""
+    """The records of a run's metrics.jsonl: a run directory, the file itself, or a zoo id whose record kept it.
+    A torn line (the one a running run is writing) is dropped with a warning, as the trainer does."""
     source = str(path)
     path = Path(path)
     if path.is_dir():
         path = path / "metrics.jsonl"
     if not path.is_file():
-        log = zoo_run_log(source) if not path.exists() else None
+        log = zoo_run_log(source) if not path.exists() else None  # a zoo id without a log says so
         if log is None:
             raise FileNotFoundError(f"{source}: neither a run directory with a metrics.jsonl, a metrics.jsonl, nor "
                                     "a zoo id whose record kept its training log")  # fmt: skip
         path = log
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not a JSON record ({error})") from None
-    return records
+    return [record for _, record in metric_records(path)]
 
 
 def error_series(records: list[dict], kind: str, key: str) -> tuple[list[int], list[float]]:
@@ -73,31 +68,40 @@ def error_series(records: list[dict], kind: str, key: str) -> tuple[list[int], l
 
 
 def final_errors(records: list[dict], train_window: int) -> dict[str, Any]:
-    """A run's end in numbers: its last iteration, the training error (percent) averaged over the records of
-    its last ``train_window`` iterations, the final test error, and the best one with its iteration (shown
-    for information only: picking it would select on the test set)."""
+    """A run's end in numbers: its last iteration; the training error (percent) over its last ``train_window``
+    iterations, each log record weighted by the iterations it covers; the final test error (the ``test``
+    record of a run that evaluated on a validation split, else its last evaluation); and the lowest
+    evaluation error with its iteration (information only: on the test split, picking it would select on
+    the test set)."""
     train_iters, train_errors = error_series(records, "train", "error")
-    eval_iters, test_errors = error_series(records, "eval", "top1_err")
+    eval_iters, eval_errors = error_series(records, "eval", "top1_err")
+    _, tested = error_series(records, "test", "top1_err")
     last = max(train_iters + eval_iters, default=0)
-    window = [error for iteration, error in zip(train_iters, train_errors) if iteration > last - train_window]
-    best = min(range(len(test_errors)), key=test_errors.__getitem__) if test_errors else None
-    return {"iterations": last, "train_err": sum(window) / len(window) if window else None,
-            "test_err": test_errors[-1] if test_errors else None,
-            "best_test_err": test_errors[best] if best is not None else None,
-            "best_test_iteration": eval_iters[best] if best is not None else None}  # fmt: skip
+    covered = 0.0
+    weighted = 0.0
+    for previous, iteration, error in zip([0, *train_iters], train_iters, train_errors):
+        span = iteration - max(previous, last - train_window)  # a record averages the iterations since the last one
+        if span > 0:
+            covered += span
+            weighted += span * error
+    best = min(range(len(eval_errors)), key=eval_errors.__getitem__) if eval_errors else None
+    final_test = tested[-1] if tested else eval_errors[-1] if eval_errors else None
+    return {"iterations": last, "train_err": weighted / covered if covered else None, "test_err": final_test,
+            "best_eval_err": eval_errors[best] if best is not None else None,
+            "best_eval_iteration": eval_iters[best] if best is not None else None}  # fmt: skip
 
 
-def final_errors_table(runs: Mapping[str, str | Path], train_window: int) -> str:
-    """Markdown table of ``final_errors`` for each run, in order."""
+def final_errors_table(runs: Sequence[tuple[str, str | Path]], train_window: int) -> str:
+    """Markdown table of ``final_errors`` for each (label, run), in order."""
 
     def cell(value: float | None) -> str:
         return "–" if value is None else f"{value:.2f}"
 
     lines = [f"| run | iterations | training error (last {train_window} it) | final test error "
-             "| best test error (at) |", "|---|---|---|---|---|"]  # fmt: skip
-    for label, run in runs.items():
+             "| lowest evaluation error (at) |", "|---|---|---|---|---|"]  # fmt: skip
+    for label, run in runs:
         end = final_errors(read_metrics(run), train_window)
-        best = "–" if end["best_test_err"] is None else f"{cell(end['best_test_err'])} ({end['best_test_iteration']})"
+        best = "–" if end["best_eval_err"] is None else f"{cell(end['best_eval_err'])} ({end['best_eval_iteration']})"
         lines.append(f"| {label} | {end['iterations']} | {cell(end['train_err'])} | {cell(end['test_err'])} | {best} |")
     return "\n".join(lines)
 
@@ -354,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m backbones.analysis",
         description="Plot training (dashed) and test (bold) error of runs against iterations (Fig. 4/6); or, with "
         f"'{RESPONSES}' first, the std of every 3x3 layer's response after BN of trained nets (Fig. 7).",
-        usage="%(prog)s [RUN ...] [--panel TITLE LABEL=DIR ...] --output PNG [--title T] [--ymax Y]\n"
+        usage="%(prog)s [RUN ...] [--panel TITLE LABEL=DIR ...] --output PNG [--title T] [--ymax Y] [--train-window N]\n"
         f"       %(prog)s {RESPONSES} [LABEL=]NET=WEIGHTS ... --dataset D --output PNG [--json OUT] [--images N]",
     )  # fmt: skip
     parser.add_argument("runs", nargs="*", metavar="RUN", help="run directories (with metrics.jsonl) or zoo ids whose "
@@ -441,8 +445,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give run directories, or --panel TITLE LABEL=DIR ...")
     try:
         plot_panels(panels, args.output, (0, args.ymax) if args.ymax else None)
-        table = final_errors_table({label: run for runs in panels.values() for label, run in runs.items()},
-                                   args.train_window or 2500)  # fmt: skip
+        labelled = [(f"{title}: {label}" if len(panels) > 1 and title else label, run)
+                    for title, runs in panels.items() for label, run in runs.items()]  # fmt: skip
+        table = final_errors_table(labelled, args.train_window or 2500)
     except (ValueError, FileNotFoundError) as error:
         raise SystemExit(f"error: {_one_line(error)}") from None
     print(table)

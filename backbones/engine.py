@@ -144,8 +144,10 @@ def format_duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
-def _metric_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
-    """The readable records of a metrics.jsonl; a torn line (a crash mid-write) is dropped with a warning."""
+def metric_records(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
+    """(line, record) of each readable record of a metrics.jsonl; a torn line (a crash mid-write, or the line
+    a running run is writing) is dropped with a warning."""
+    path = Path(path)
     records = []
     for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
         if not line.strip():
@@ -163,27 +165,34 @@ def _metric_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
 def run_segments(metrics_path: str | Path) -> list[dict[str, Any]]:
     """How a run was executed, stretch by stretch, from the ``segment`` records of its metrics.jsonl:
     ``[{"from_iteration": 0, "amp": "none", "compile": False, "device": "cpu", "cpu": "AVX2", "world_size": 1},
-    {"from_iteration": 11000, "amp": "bf16", ...}]``. A resume that changed none of these continues the stretch.
+    {"from_iteration": 11000, "amp": "bf16", ...}]``. A resume that changed none of these continues the stretch;
+    a resume that failed before its first checkpoint is replaced by the next one from the same iteration.
     Empty when the file is missing or has no segment records (runs older than them)."""
     path = Path(metrics_path)
     if not path.is_file():
         return []
     segments: list[dict[str, Any]] = []
-    for _, record in _metric_records(path):
+    for _, record in metric_records(path):
         if record.get("kind") != "segment":
             continue
         engine = record.get("engine", {})
         how = {"amp": engine.get("amp"), "compile": engine.get("compile"), "device": record.get("device"),
                "cpu": record.get("cpu"), "world_size": record.get("world_size")}  # fmt: skip
+        iteration = int(record.get("iteration", 0))
+        if segments and segments[-1]["from_iteration"] == iteration:
+            segments.pop()  # that start trained nothing
         if not segments or {k: v for k, v in segments[-1].items() if k != "from_iteration"} != how:
-            segments.append({"from_iteration": int(record.get("iteration", 0)), **how})
+            segments.append({"from_iteration": iteration, **how})
     return segments
 
 
 def describe_amp(segments: list[dict[str, Any]], configured: str) -> str:
     """The precision a run trained in, for a zoo record: ``bf16``, or ``none to iteration 11000, then bf16``
-    when a resume changed it (``configured``, the first start's, when the run has no segment records)."""
+    when a resume changed it. ``configured`` (the first start's, from config.json) covers what no segment
+    record does: all of a run older than them, or its start when they begin later."""
     changes: list[tuple[int, str]] = []
+    if segments and segments[0]["from_iteration"] > 0:
+        changes.append((0, configured))
     for segment in segments:
         if not changes or segment["amp"] != changes[-1][1]:
             changes.append((segment["from_iteration"], segment["amp"]))
@@ -336,7 +345,7 @@ class Trainer:
             differences = "; ".join(f"{key}: {saved[key]!r} in the checkpoint, {current[key]!r} now" for key in changed)
             raise CheckpointError(f"{path} was written by a run with another recipe ({differences}). Resume with the "
                                   "same settings (see the run's config.json), or start a new run with --output")  # fmt: skip
-        if saved.get("amp", current.get("amp")) != current.get("amp"):
+        if self.ctx.is_main and saved.get("amp", current.get("amp")) != current.get("amp"):
             log.info("resuming with amp %s; iterations up to %s ran with amp %s (each segment is recorded in "
                      "metrics.jsonl and in a zoo record)", current.get("amp"), state["iteration"], saved.get("amp"))
         from .weights import check_state_dict
@@ -345,7 +354,7 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
-        if state["scaler"] or not self.scaler.is_enabled():  # a run that switches to fp16 starts a fresh scale
+        if state["scaler"]:  # empty unless the checkpoint trained in fp16; a switch to fp16 starts a fresh scale
             self.scaler.load_state_dict(state["scaler"])
         self.iteration = int(state["iteration"])
         self.samples_seen = int(state["samples_seen"])
@@ -363,7 +372,7 @@ class Trainer:
             return
         self.config.output_dir.mkdir(parents=True, exist_ok=True)
         if resumed and self.metrics_path.exists():  # drop records the resumed run will write again
-            kept = [line for line, record in _metric_records(self.metrics_path)
+            kept = [line for line, record in metric_records(self.metrics_path)
                     if record.get("iteration", 0) <= self.iteration]  # fmt: skip
             atomic_write_text(self.metrics_path, "".join(f"{line}\n" for line in kept))
         elif self.metrics_path.exists():
@@ -389,7 +398,9 @@ class Trainer:
                                              "torch": torch.__version__,
                                              "engine": engine_config_dict(self.config)})  # fmt: skip
 
-    def _record(self, kind: str, values: dict[str, float]) -> None:
+    def record(self, kind: str, values: dict[str, float]) -> None:
+        """Append a record to metrics.jsonl (and its scalars to TensorBoard) at the current iteration: the
+        engine's own kinds are train, eval, segment, data and stop; a task may add its own (``test``)."""
         if not self.ctx.is_main:
             return
         self._append_record(kind, values)
@@ -428,7 +439,7 @@ class Trainer:
             metrics = self.evaluate_fn(self.model)
         self.model.train()
         self.last_eval, self.last_eval_iteration = dict(metrics), self.iteration
-        self._record("eval", metrics)
+        self.record("eval", metrics)
         if self.ctx.is_main:
             log.info("iteration %d: evaluation: %s", self.iteration, format_metrics(metrics))
         if self.config.monitor in metrics:  # lower is better
@@ -459,7 +470,7 @@ class Trainer:
                                    images_per_s=window_samples / max(elapsed, 1e-9))  # fmt: skip
                     if "error" in metrics:
                         self.schedule.observe_train_error(self.iteration, metrics["error"])
-                    self._record("train", metrics)
+                    self.record("train", metrics)
                     if progress is not None:
                         progress.set_postfix(loss=f"{metrics.get('loss', float('nan')):.3f}", lr=f"{lr:.3g}",
                                              img_s=f"{metrics['images_per_s']:.0f}", refresh=False)  # fmt: skip
@@ -483,7 +494,7 @@ class Trainer:
                     self._stop(stop)
             if self.source.skipped:
                 log.warning("epoch %d: %d unreadable image(s) skipped", epoch, self.source.skipped)
-                self._record("data", {"skipped_images": self.source.skipped, "epoch": epoch})
+                self.record("data", {"skipped_images": self.source.skipped, "epoch": epoch})
 
     def fit(self, resume: bool = False) -> dict[str, float]:
         config = self.config
@@ -519,6 +530,7 @@ class Trainer:
         finally:
             if self.tb is not None:
                 self.tb.close()
+                self.tb = None  # records after fit (a task's test record) go to metrics.jsonl only
         return dict(self.last_eval)
 
     def _stop_requested(self, stop: StopRequests) -> bool:

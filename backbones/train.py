@@ -337,7 +337,10 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("%s", stopped)
         cleanup(ctx)
         return stopped.exit_code
-    test = evaluate_classifier(trainer.model, data.test.batches(0), ctx) if data.test is not None else final
+    test = final  # without a validation split the evaluations are on the test split
+    if data.test is not None:  # with one they were on the validation split: the test split is measured once, here
+        test = evaluate_classifier(trainer.model, data.test.batches(0), ctx)
+        trainer.record("test", test)
     if ctx.is_main:
         save_weights(trainer.model, output / "final.safetensors", metadata={"arch": args.arch, "dataset": config["dataset"]})
         from .analysis import plot_runs

@@ -122,16 +122,26 @@ def keep_run_log(run_dir: Path, zoo_dir: Path, zoo_id: str) -> dict[str, Any] | 
 
 
 def zoo_run_log(zoo_id: str, path: str | Path | None = None) -> Path | None:
-    """The verified training log of a zoo record; None if ``zoo_id`` is not a record or its run kept no log."""
-    record = read_zoo(path).get(str(zoo_id))
-    if record is None or record.log is None:
+    """The verified training log of a zoo record, backbone or detector; None if ``zoo_id`` is no record.
+    A record that kept no log (added before records kept them) or a malformed ``log`` field is a ValueError."""
+    path = Path(path) if path is not None else zoo_path()
+    if not path.exists():
         return None
-    if not isinstance(record.log, dict) or not {"file", "size", "sha256"} <= set(record.log):
-        raise ValueError(f"zoo record {zoo_id!r}: field 'log' must be an object with file, size and sha256, "
-                         f"got {record.log!r}")  # fmt: skip
-    log_path = record.path.parent / record.log["file"]
-    verify_zoo_file(f"{zoo_id} (training log)", log_path, record.log["size"], record.log["sha256"])
-    return log_path
+    for section in ("weights", "detectors"):  # the detector records' fields are detection.zoo's; only these matter
+        for where, entry in manifest_entries(path, section, ("id", "file", "sha256", "class_names"), optional_section=True):
+            if entry["id"] != str(zoo_id):
+                continue
+            log = entry.get("log")
+            if log is None:
+                raise ValueError(f"zoo record {zoo_id!r} kept no training log (it was added before zoo records kept "
+                                 "their run's metrics.jsonl)")  # fmt: skip
+            if not isinstance(log, dict) or not {"file", "size", "sha256"} <= set(log):
+                raise ValueError(f"{where} ({zoo_id}): field 'log' must be an object with file, size and sha256, "
+                                 f"got {log!r}")  # fmt: skip
+            log_path = path.parent / log["file"]
+            verify_zoo_file(str(zoo_id), log_path, log["size"], log["sha256"], what="training log")
+            return log_path
+    return None
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
@@ -190,16 +200,17 @@ def resolve_weights(weights: str | Path, arch: str) -> WeightsSource:
     return WeightsSource(record.id, load_state_dict_file(record.path), record)
 
 
-def verify_zoo_file(zoo_id: str, path: Path, size: int, sha256: str) -> None:
-    """A zoo record's file must exist with the recorded size and sha256 (else one clear error)."""
+def verify_zoo_file(zoo_id: str, path: Path, size: int, sha256: str, what: str = "weights") -> None:
+    """A zoo record's file (its weights, or ``what`` else) must exist with the recorded size and sha256 (else
+    one clear error)."""
     if not path.is_file():
-        raise FileNotFoundError(f"zoo weights {zoo_id!r}: file {path} is missing")
+        raise FileNotFoundError(f"zoo {what} {zoo_id!r}: file {path} is missing")
     actual_size = path.stat().st_size
     if actual_size != size:
-        raise ValueError(f"zoo weights {zoo_id!r}: {path} has {actual_size} bytes, the record says {size} (truncated?)")
+        raise ValueError(f"zoo {what} {zoo_id!r}: {path} has {actual_size} bytes, the record says {size} (truncated?)")
     digest = sha256_of(path)
     if digest != sha256:
-        raise ValueError(f"zoo weights {zoo_id!r}: sha256 of {path} is {digest}, the record says {sha256}")
+        raise ValueError(f"zoo {what} {zoo_id!r}: sha256 of {path} is {digest}, the record says {sha256}")
 
 
 def describe_state_dict(state_dict: Mapping[str, torch.Tensor]) -> str:

@@ -9,7 +9,7 @@
 # iteration and writes its checkpoint (atomic; also every 500 iterations); its checkpoint.pt, config.json,
 # metrics.jsonl and log come back as $OUT/NAME.tar (the device returns at most 8 files: six tars and machine.txt),
 # which `tar -xf NAME.tar -C checkpoints/unfinished/` puts where the next call or session resumes
-# it. A finished run (metrics.jsonl has its final "test" record) goes into the zoo from there.
+# it. A finished run (its last eval record is at iteration 64000) goes into the zoo from there.
 #
 # The device machine has no Fashion-MNIST: carry the official IDX files, e.g.
 #   mkdir -p .fmnist && cp /usr/share/datasets/fashion-mnist/*.gz .fmnist/ && echo /.fmnist/ >> .git/info/exclude

@@ -247,10 +247,18 @@ def test_final_errors_average_the_training_window_and_keep_the_last_test_error()
     records += [{"kind": "eval", "iteration": 150, "top1_err": 12.0}, {"kind": "segment", "iteration": 0},
                 {"kind": "eval", "iteration": 300, "top1_err": 14.0}]  # fmt: skip
     assert final_errors(records, train_window=200) == pytest.approx(
-        {"iterations": 300, "train_err": 15.0, "test_err": 14.0, "best_test_err": 12.0, "best_test_iteration": 150})
+        {"iterations": 300, "train_err": 15.0, "test_err": 14.0, "best_eval_err": 12.0, "best_eval_iteration": 150})
     assert final_errors(records, train_window=1)["train_err"] == pytest.approx(10.0)
+    assert final_errors(records, train_window=150)["train_err"] == pytest.approx((50 * 20 + 100 * 10) / 150)
+    # a run logged every 100 iterations, then every 500 (another machine): each record weighs what it covers
+    mixed = [{"kind": "train", "iteration": i, "error": 0.1} for i in (100, 200, 300, 400, 500)]
+    mixed.append({"kind": "train", "iteration": 1000, "error": 0.4})
+    assert final_errors(mixed, train_window=1000)["train_err"] == pytest.approx(25.0)  # not (5 * 10 + 40) / 6
+    # a run that evaluated on a validation split: its test record is the test error
+    validated = [*records, {"kind": "test", "iteration": 300, "top1_err": 13.5}]
+    assert final_errors(validated, 200)["test_err"] == 13.5 and final_errors(validated, 200)["best_eval_err"] == 12.0
     assert final_errors([{"kind": "train", "iteration": 5, "error": 0.5}], 10) == {
-        "iterations": 5, "train_err": 50.0, "test_err": None, "best_test_err": None, "best_test_iteration": None}
+        "iterations": 5, "train_err": 50.0, "test_err": None, "best_eval_err": None, "best_eval_iteration": None}
 
 
 def test_training_curves_keep_their_command_line(tmp_path, capsys):
@@ -263,9 +271,12 @@ def test_training_curves_keep_their_command_line(tmp_path, capsys):
                                                                   f"wrote {tmp_path / 'two.png'}"]  # fmt: skip
     # each run's end in numbers: training error over the last 2500 iterations (all three records here: 45, 40
     # and 35 %, plus 10 points for p20), the final test error, the best one and where
-    assert out[:4] == ["| run | iterations | training error (last 2500 it) | final test error | best test error (at) |",
-                       "|---|---|---|---|---|", "| p20 | 60 | 50.00 | 40.10 | 40.10 (60) |",
+    header = "| run | iterations | training error (last 2500 it) | final test error | lowest evaluation error (at) |"
+    assert out[:4] == [header, "|---|---|---|---|---|", "| p20 | 60 | 50.00 | 40.10 | 40.10 (60) |",
                        "| ResNet-20 | 60 | 40.00 | 40.00 | 40.00 (60) |"]  # fmt: skip
+    # two panels: each row names its panel, so equal labels in two panels stay two rows
+    assert out[5:9] == [header, "|---|---|---|---|---|", "| plain: plain-20 | 60 | 50.00 | 40.10 | 40.10 (60) |",
+                        "| ResNets: ResNet-20 | 60 | 40.00 | 40.00 | 40.00 (60) |"]  # fmt: skip
     assert (tmp_path / "one.png").read_bytes()[:8] == (tmp_path / "two.png").read_bytes()[:8] == PNG
     message = _fails([str(first), "--output", str(tmp_path / "x.png"), "--dataset", "synthetic", "--json", "x.json"],
                      capsys)  # fmt: skip

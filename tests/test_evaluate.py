@@ -94,7 +94,7 @@ def test_zoo_add_records_the_evaluated_metric_and_loads_back(trained_run, tmp_pa
     with pytest.raises(SystemExit, match="no_such_run: neither a run directory with a metrics.jsonl"):
         analysis_main(["no_such_run", "--output", str(png)])
     log.write_text(log.read_text() + "\n")
-    with pytest.raises(SystemExit, match=r"resnet20_synthetic \(training log\)': .* has \d+ bytes, the record says"):
+    with pytest.raises(SystemExit, match=r"zoo training log 'resnet20_synthetic': .* has \d+ bytes, the record says"):
         analysis_main(["resnet20_synthetic", "--output", str(png)])
     assert (zoo.parent / "resnet20_synthetic.safetensors").stat().st_size == record["size"]
     assert list(read_zoo(zoo)) == ["resnet20_synthetic"]

@@ -402,42 +402,68 @@ def test_resume_keeps_the_recipe_and_survives_a_torn_metrics_line(tmp_path, capl
     assert json.loads((run / "config.json").read_text())["engine"]["channels_last"] is False
 
 
+def test_with_a_validation_split_the_log_ends_with_the_test_splits_error(tmp_path, capsys):
+    from backbones.analysis import final_errors, read_metrics
+
+    run = tmp_path / "run"
+    train_main([*TINY, "--max-iters", "2", "--val-split", "64", "--output", str(run)])
+    printed = float(capsys.readouterr().out.split("test top-1 error ")[1].split("%")[0])
+    (evaluation,), (test,) = _records(run, "eval"), _records(run, "test")
+    assert evaluation["images"] == 64 and test["images"] == 1000 and test["iteration"] == 2  # validation, then test
+    assert round(test["top1_err"], 2) == printed == round(final_errors(read_metrics(run), 2500)["test_err"], 2)
+
+
 def test_resume_may_change_the_precision_and_records_each_stretch_for_the_zoo(tmp_path, caplog):
     """The CPU changes between sessions: a run begun in fp32 on a CPU without bf16 units resumes in bf16 on one
     with them (and back). The recipe is still enforced; metrics.jsonl and a zoo record say which part ran how."""
     import logging
 
-    from backbones.engine import EngineConfig, Trainer, describe_amp, recipe_and_segments, run_segments
+    from backbones.engine import (
+        CheckpointError,
+        EngineConfig,
+        Trainer,
+        describe_amp,
+        read_checkpoint,
+        recipe_and_segments,  # fmt: skip
+        run_segments,
+    )
     from backbones.schedule import LRSchedule
 
-    def trainer(max_iters, amp, lr=0.1):
+    def trainer(max_iters, amp, lr=0.1, step=toy_step):
         torch.manual_seed(0)
         model = torch.nn.Linear(3, 1)
         config = EngineConfig(tmp_path / "run", max_iters=max_iters, log_every=1, checkpoint_every=100, amp=amp,
                               progress=False)  # fmt: skip
-        return Trainer(model, torch.optim.SGD(model.parameters(), lr=lr), LRSchedule(lr, max_iters=9), ToyBatches(4),
-                       toy_step, config, run_config={"lr": lr, "amp": amp})  # fmt: skip
+        return Trainer(model, torch.optim.SGD(model.parameters(), lr=lr), LRSchedule(lr, max_iters=12), ToyBatches(4),
+                       step, config, run_config={"lr": lr, "amp": amp})  # fmt: skip
+
+    def crashing_step(model, batch):
+        raise RuntimeError("out of memory")
 
     trainer(3, "none").fit()
-    with pytest.raises(Exception, match=re.escape("lr: 0.1 in the checkpoint, 0.2 now")):
+    with pytest.raises(CheckpointError, match=re.escape("lr: 0.1 in the checkpoint, 0.2 now")):
         trainer(6, "bf16", lr=0.2).fit(resume=True)  # the recipe is still the recipe
+    with pytest.raises(RuntimeError, match="out of memory"):
+        trainer(6, "fp16", step=crashing_step).fit(resume=True)  # a resume that trains nothing leaves no stretch
     with caplog.at_level(logging.INFO, logger="backbones.engine"):
         resumed = trainer(6, "bf16")
         resumed.fit(resume=True)
     assert resumed.iteration == 6
     assert "resuming with amp bf16; iterations up to 3 ran with amp none" in caplog.text
-    trainer(9, "none").fit(resume=True)
-    metrics = tmp_path / "run" / "metrics.jsonl"
-    segments = run_segments(metrics)
-    assert [(s["from_iteration"], s["amp"]) for s in segments] == [(0, "none"), (3, "bf16"), (6, "none")]
+    trainer(9, "fp16").fit(resume=True)  # from a checkpoint without a gradient scale: a fresh one
+    assert read_checkpoint(tmp_path / "run" / "checkpoint.pt")["scaler"]["scale"] > 0
+    trainer(12, "none").fit(resume=True)  # and back, from one with a scale
+    segments = run_segments(tmp_path / "run" / "metrics.jsonl")
+    assert [(s["from_iteration"], s["amp"]) for s in segments] == [(0, "none"), (3, "bf16"), (6, "fp16"), (9, "none")]
     assert all(s["cpu"] == cpu_description() and s["device"] == "cpu" and s["compile"] is False for s in segments)
-    assert describe_amp(segments, "none") == "none to iteration 3, then bf16 to iteration 6, then none"
+    described = "none to iteration 3, then bf16 to iteration 6, then fp16 to iteration 9, then none"
+    assert describe_amp(segments, "none") == described
     fields = recipe_and_segments(tmp_path / "run", {"lr": 0.1, "amp": "none", "seed": 3}, ("lr", "amp"))
-    assert fields == {"recipe": {"lr": 0.1, "amp": "none to iteration 3, then bf16 to iteration 6, then none"},
-                      "segments": segments}  # fmt: skip
-    # a resume that changes nothing of how it runs continues its stretch; runs older than segment records
-    # (or a missing log) fall back to the configured precision
-    assert describe_amp(segments[:1] * 2, "bf16") == "none" and describe_amp([], "bf16") == "bf16"
+    assert fields == {"recipe": {"lr": 0.1, "amp": described}, "segments": segments}
+    # a resume that changes nothing of how it runs continues its stretch; what segment records do not cover
+    # (a run older than them, or its start) is the configured precision
+    assert describe_amp(segments[:1] * 2, "none") == "none" and describe_amp([], "bf16") == "bf16"
+    assert describe_amp([dict(segments[1], from_iteration=5)], "none") == "none to iteration 5, then bf16"
     assert run_segments(tmp_path / "missing.jsonl") == []
 
 

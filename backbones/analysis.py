@@ -422,7 +422,7 @@ def _main_responses(parser: argparse.ArgumentParser, args: argparse.Namespace, a
               f"min {min(values):.3f}, max {max(values):.3f}")  # fmt: skip
     if args.json:
         command = "python -m backbones.analysis " + shlex.join(argv)
-        atomic_write_text(args.json, json.dumps(responses_report(unique, args.dataset, command), indent=1))
+        atomic_write_text(args.json, json.dumps(responses_report(unique, args.dataset, command), indent=1) + "\n")
         print(f"wrote {args.json}")
     print(f"wrote {args.output}")
     return 0

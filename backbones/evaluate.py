@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
           f"top-1 error {result['top1_err']:.2f}% (accuracy {100 - result['top1_err']:.2f}%), "
           f"top-5 error {result['top5_err']:.2f}%")  # fmt: skip
     if args.json:
-        atomic_write_text(args.json, json.dumps(result, indent=1))
+        atomic_write_text(args.json, json.dumps(result, indent=1) + "\n")
     return 0
 
 

@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     if ctx.is_main:
         output.mkdir(parents=True, exist_ok=True)
         if not args.resume:
-            atomic_write_text(output / "config.json", json.dumps(config, indent=1, default=str))
+            atomic_write_text(output / "config.json", json.dumps(config, indent=1, default=str) + "\n")
         log.info("training %s on %s for %d iterations (%d per epoch), global batch %d, %d process(es) on %s -> %s",
                  args.arch, config["dataset"], config["max_iters"], len(data.train), config["batch_size"],
                  ctx.world_size, ctx.device, output)  # fmt: skip

@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"images": args.images, "size": [width, height], "batch": args.batch, "cpu": cpu, "torch": torch.__version__,
               "stages_one_core": {name: round(rate, 1) for name, rate in stages.items()}, "rows": rows}  # fmt: skip
     path = args.output / "data_throughput_imagenet_cpu.json"
-    atomic_write_text(path, json.dumps(result, indent=1))
+    atomic_write_text(path, json.dumps(result, indent=1) + "\n")
     print(f"wrote {path}")
     return 0
 

@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"arch": args.arch, "batch": batch, "size": args.size, "device": device_name, "torch": torch.__version__,
               "rows": rows}  # fmt: skip
     path = args.output / f"train_throughput_{args.arch}_{device.type}.json"
-    atomic_write_text(path, json.dumps(result, indent=1))
+    atomic_write_text(path, json.dumps(result, indent=1) + "\n")
     print(f"wrote {path}")
     return 0
 

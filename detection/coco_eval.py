@@ -197,5 +197,5 @@ def write_coco_results(path: str | os.PathLike, detections: Sequence[dict[str, A
     """
     p = Path(path)
     checked = validate_coco_results(detections, None, source=str(p))
-    atomic_write_text(p, json.dumps(checked, default=_json_default))
+    atomic_write_text(p, json.dumps(checked, default=_json_default) + "\n")
     return p

@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         print(coco_table(results["coco"], label))
     if args.json:
         payload = results["voc"] if list(results) == ["voc"] else results["coco"] if list(results) == ["coco"] else results
-        atomic_write_text(args.json, json.dumps(payload, indent=1))
+        atomic_write_text(args.json, json.dumps(payload, indent=1) + "\n")
     return 0
 
 

@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     if ctx.is_main:
         output.mkdir(parents=True, exist_ok=True)
         if not args.resume:
-            atomic_write_text(output / "config.json", json.dumps(config, indent=1, default=str))
+            atomic_write_text(output / "config.json", json.dumps(config, indent=1, default=str) + "\n")
         if "init" in config:
             init_record = config["init"]
             kept = ("all weights, the class layers' rows picked by COCO category id"

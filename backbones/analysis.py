@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 import shlex
@@ -32,7 +31,7 @@ from .cliargs import POSITIVE, POSITIVE_INT
 from .distributed import pick_device
 from .engine import metric_records
 from .evaluate import array_batches, load_model, load_test_split
-from .fileio import atomic_path, atomic_write_text
+from .fileio import atomic_path, atomic_write_json
 from .weights import zoo_run_log
 
 RESPONSES = "responses"  # the first positional argument that selects Fig. 7 instead of training curves
@@ -422,7 +421,7 @@ def _main_responses(parser: argparse.ArgumentParser, args: argparse.Namespace, a
               f"min {min(values):.3f}, max {max(values):.3f}")  # fmt: skip
     if args.json:
         command = "python -m backbones.analysis " + shlex.join(argv)
-        atomic_write_text(args.json, json.dumps(responses_report(unique, args.dataset, command), indent=1) + "\n")
+        atomic_write_json(args.json, responses_report(unique, args.dataset, command))
         print(f"wrote {args.json}")
     print(f"wrote {args.output}")
     return 0

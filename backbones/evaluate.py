@@ -30,7 +30,7 @@ from .classification import topk_errors
 from .cliargs import POSITIVE_INT
 from .datasets import ArrayDataset, load_cifar10, load_fashion_mnist, make_synthetic
 from .distributed import pick_device
-from .fileio import atomic_write_text
+from .fileio import atomic_write_json
 from .registry import create_model
 from .resnet import ResNet
 from .weights import read_zoo
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
           f"top-1 error {result['top1_err']:.2f}% (accuracy {100 - result['top1_err']:.2f}%), "
           f"top-5 error {result['top5_err']:.2f}%")  # fmt: skip
     if args.json:
-        atomic_write_text(args.json, json.dumps(result, indent=1) + "\n")
+        atomic_write_json(args.json, result)
     return 0
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -43,6 +44,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def atomic_write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def atomic_write_json(path: str | Path, value: object, *, indent: int | None = 1,
+                      default: Callable[[object], object] | None = None) -> None:
+    """Write ``value`` as JSON ending with a newline, atomically (see ``atomic_path``)."""
+    atomic_write_text(path, json.dumps(value, indent=indent, default=default) + "\n")
 
 
 def sha256_of(path: str | Path, chunk_size: int = 1 << 20) -> str:

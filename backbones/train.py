@@ -10,7 +10,6 @@ command under ``torchrun --nproc-per-node N``; ``--batch-size`` is always the gl
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import sys
@@ -26,7 +25,7 @@ from .cliargs import COUNT, MOMENTUM, NON_NEGATIVE, POSITIVE, POSITIVE_INT, Defa
 from .datasets import ArrayDataset, channel_stats, load_cifar10, load_fashion_mnist, make_synthetic, train_val_split
 from .distributed import DistContext, cleanup, init_distributed
 from .engine import EngineConfig, Trainer, engine_config_dict, refuse_finished_or_running
-from .fileio import atomic_write_text
+from .fileio import atomic_write_json
 from .registry import create_model, get_model_entry
 from .schedule import SCHEDULES, LRSchedule
 from .stopping import TrainingStopped
@@ -325,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     if ctx.is_main:
         output.mkdir(parents=True, exist_ok=True)
         if not args.resume:
-            atomic_write_text(output / "config.json", json.dumps(config, indent=1, default=str) + "\n")
+            atomic_write_json(output / "config.json", config, default=str)
         log.info("training %s on %s for %d iterations (%d per epoch), global batch %d, %d process(es) on %s -> %s",
                  args.arch, config["dataset"], config["max_iters"], len(data.train), config["batch_size"],
                  ctx.world_size, ctx.device, output)  # fmt: skip

@@ -19,7 +19,7 @@ from typing import Any
 
 from .engine import recipe_and_segments
 from .evaluate import evaluate
-from .fileio import atomic_path, atomic_write_text, sha256_of
+from .fileio import atomic_path, atomic_write_json, sha256_of
 from .registry import create_model
 from .weights import keep_run_log, read_zoo, zoo_path
 
@@ -62,7 +62,7 @@ def add_run(run_dir: Path, zoo_id: str, zoo: Path | None = None, device: str = "
     }
     manifest: dict[str, Any] = json.loads(zoo.read_text()) if zoo.exists() else {"format_version": 1, "weights": []}
     manifest["weights"].append(record)
-    atomic_write_text(zoo, json.dumps(manifest, indent=1) + "\n")
+    atomic_write_json(zoo, manifest)
     create_model(config["arch"], weights=zoo_id)  # the record must load (and verify) before we say it is there
     return record
 

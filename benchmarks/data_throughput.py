@@ -15,7 +15,6 @@ The per-worker figure says how many CPU cores a GPU needs: a training step at 4,
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -33,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backbones.cliargs import COUNT, POSITIVE_INT
 from backbones.engine import cpu_description
-from backbones.fileio import atomic_write_text
+from backbones.fileio import atomic_write_json
 from backbones.imagenet import ImageFolderBatches, ImageFolderDataset, TrainAugment, decode_image
 
 
@@ -150,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"images": args.images, "size": [width, height], "batch": args.batch, "cpu": cpu, "torch": torch.__version__,
               "stages_one_core": {name: round(rate, 1) for name, rate in stages.items()}, "rows": rows}  # fmt: skip
     path = args.output / "data_throughput_imagenet_cpu.json"
-    atomic_write_text(path, json.dumps(result, indent=1) + "\n")
+    atomic_write_json(path, result)
     print(f"wrote {path}")
     return 0
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from backbones.cliargs import NON_NEGATIVE, POSITIVE_INT
 from backbones.engine import cpu_description
-from backbones.fileio import atomic_write_text
+from backbones.fileio import atomic_write_json
 
 # (name, format, precision, options): the variants README compares
 VARIANTS: list[tuple[str, str, str, dict[str, Any]]] = [
@@ -143,8 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.detector} on fashion-det's 500 test canvases, CPU {cpu_description()}")
         print(detector_table(rows))
         if args.json:
-            atomic_write_text(args.json, json.dumps({"weights": args.detector, "cpu_isa": cpu_description(),
-                                                     "rows": rows}, indent=1) + "\n")  # fmt: skip
+            atomic_write_json(args.json, {"weights": args.detector, "cpu_isa": cpu_description(), "rows": rows})
         return 0
     names = [n for n in args.variants.split(",") if n]
     unknown = sorted(set(names) - {v[0] for v in VARIANTS})
@@ -155,8 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.weights} on the Fashion-MNIST test split, CPU {cpu_description()}")
     print(table(rows))
     if args.json:
-        atomic_write_text(args.json, json.dumps({"weights": args.weights, "cpu_isa": cpu_description(), "rows": rows},
-                                                indent=1) + "\n")  # fmt: skip
+        atomic_write_json(args.json, {"weights": args.weights, "cpu_isa": cpu_description(), "rows": rows})
     return 0
 
 

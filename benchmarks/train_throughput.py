@@ -12,7 +12,6 @@ benchmarks/results/.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -27,7 +26,7 @@ from backbones import create_model
 from backbones.classification import classification_step
 from backbones.distributed import DistContext
 from backbones.engine import EngineConfig, Trainer, cpu_description
-from backbones.fileio import atomic_write_text
+from backbones.fileio import atomic_write_json
 from backbones.schedule import LRSchedule
 
 
@@ -99,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"arch": args.arch, "batch": batch, "size": args.size, "device": device_name, "torch": torch.__version__,
               "rows": rows}  # fmt: skip
     path = args.output / f"train_throughput_{args.arch}_{device.type}.json"
-    atomic_write_text(path, json.dumps(result, indent=1) + "\n")
+    atomic_write_json(path, result)
     print(f"wrote {path}")
     return 0
 

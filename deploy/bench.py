@@ -29,7 +29,6 @@ ratio < 1 and throughput ratio > 1 mean faster than eager.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -49,7 +48,7 @@ import torch
 
 from backbones.cliargs import COUNT, POSITIVE_INT
 from backbones.engine import cpu_description
-from backbones.fileio import atomic_path, atomic_write_text
+from backbones.fileio import atomic_path, atomic_write_json
 
 from .backends import (
     ArtifactLoadError,
@@ -560,7 +559,7 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def write_json(report: dict[str, Any], path: str | Path) -> None:
-    atomic_write_text(path, json.dumps(report, indent=1) + "\n")
+    atomic_write_json(path, report)
 
 
 def write_png(report: dict[str, Any], path: str | Path) -> None:

@@ -66,7 +66,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from backbones.fileio import atomic_write_text, sha256_of
+from backbones.fileio import atomic_write_json, sha256_of
 
 FORMAT = "resnet-zoo-deploy"
 VERSION = 1
@@ -377,7 +377,7 @@ def write_sidecar(artifact: str | Path, data: dict[str, Any]) -> Path:
     """Validate ``data`` and write it atomically as ``<artifact>.json``."""
     path = sidecar_path(artifact)
     validate(data, path)
-    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
+    atomic_write_json(path, data)
     return path
 
 

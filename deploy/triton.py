@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import re
 import shutil
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from backbones.cliargs import COUNT, POSITIVE_INT
-from backbones.fileio import atomic_path, atomic_write_text
+from backbones.fileio import atomic_path, atomic_write_json, atomic_write_text
 
 from .sidecar import SidecarError, read_sidecar, sidecar_path, validate
 
@@ -322,7 +321,7 @@ def write_model(artifact: str | Path, repository: str | Path, options: TritonOpt
             _copy_file(artifact.with_name(sidecar["artifact"]["weights"]["file"]),
                        staging / VERSION_DIR / Path(model_file).with_suffix(".bin"))  # fmt: skip
         atomic_write_text(staging / LABELS, labels_text)
-        atomic_write_text(staging / SIDECAR, json.dumps(repo_sidecar, indent=1) + "\n")
+        atomic_write_json(staging / SIDECAR, repo_sidecar)
         staging.chmod(0o777 & ~_umask())
         _install(staging, target)
     finally:

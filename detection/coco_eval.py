@@ -30,7 +30,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from backbones.fileio import atomic_write_text
+from backbones.fileio import atomic_write_json
 
 if TYPE_CHECKING:
     from pycocotools.coco import COCO
@@ -197,5 +197,5 @@ def write_coco_results(path: str | os.PathLike, detections: Sequence[dict[str, A
     """
     p = Path(path)
     checked = validate_coco_results(detections, None, source=str(p))
-    atomic_write_text(p, json.dumps(checked, default=_json_default) + "\n")
+    atomic_write_json(p, checked, default=_json_default, indent=None)
     return p

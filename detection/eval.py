@@ -28,7 +28,7 @@ import torch
 
 from backbones.cliargs import COUNT, POSITIVE_INT
 from backbones.distributed import pick_device
-from backbones.fileio import atomic_path, atomic_write_text
+from backbones.fileio import atomic_path, atomic_write_json
 
 from .catalog import TEST_DATASETS, default_metric, evaluation_sets
 from .coco_eval import evaluate_coco
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         print(coco_table(results["coco"], label))
     if args.json:
         payload = results["voc"] if list(results) == ["voc"] else results["coco"] if list(results) == ["coco"] else results
-        atomic_write_text(args.json, json.dumps(payload, indent=1) + "\n")
+        atomic_write_json(args.json, payload)
     return 0
 
 

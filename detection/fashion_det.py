@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import shutil
 import sys
 import xml.etree.ElementTree as ET
@@ -50,7 +49,7 @@ import numpy as np
 from PIL import Image
 
 from backbones.datasets import FASHION_MNIST_DIR, ArrayDataset, fashion_mnist_root, load_fashion_mnist
-from backbones.fileio import atomic_path, atomic_write_text
+from backbones.fileio import atomic_path, atomic_write_json, atomic_write_text
 
 __all__ = ["FASHION_DET_CLASSES", "FashionDetConfig", "compose_canvas", "generate", "main", "voc_xml"]
 
@@ -381,7 +380,7 @@ def _generate_split(output: Path, split: _Split, first_id: int, source: ArrayDat
         empty += not placed
     atomic_write_text(voc / "ImageSets" / "Main" / f"{split.voc_image_set}.txt", "".join(s + "\n" for s in stems))
     document = _coco_document(images, annotations, config.seed)
-    atomic_write_text(coco / "annotations" / f"instances_{split.coco_split}.json", json.dumps(document))
+    atomic_write_json(coco / "annotations" / f"instances_{split.coco_split}.json", document, indent=None)
     return {
         "images": count,
         "objects": len(annotations),
@@ -440,7 +439,7 @@ def generate(
         "coco_root": "coco",
         "splits": splits,
     }
-    atomic_write_text(output / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    atomic_write_json(output / SUMMARY_FILE, summary, indent=2)
     return summary
 
 

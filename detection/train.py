@@ -17,7 +17,6 @@ they keep the checkpoint's rows of those categories). Image sizes and anchors st
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -28,7 +27,7 @@ import torch
 from backbones.cliargs import COUNT, MOMENTUM, NON_NEGATIVE, POSITIVE, POSITIVE_INT, DefaultsWhereTheyExist
 from backbones.distributed import cleanup, init_distributed, pick_device
 from backbones.engine import EngineConfig, Trainer, engine_config_dict, refuse_finished_or_running
-from backbones.fileio import atomic_write_text
+from backbones.fileio import atomic_write_json
 from backbones.registry import get_model_entry
 from backbones.schedule import LRSchedule
 from backbones.stopping import TrainingStopped
@@ -224,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     if ctx.is_main:
         output.mkdir(parents=True, exist_ok=True)
         if not args.resume:
-            atomic_write_text(output / "config.json", json.dumps(config, indent=1, default=str) + "\n")
+            atomic_write_json(output / "config.json", config, default=str)
         if "init" in config:
             init_record = config["init"]
             kept = ("all weights, the class layers' rows picked by COCO category id"

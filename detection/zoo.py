@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from backbones.engine import recipe_and_segments
-from backbones.fileio import atomic_path, atomic_write_text, sha256_of
+from backbones.fileio import atomic_path, atomic_write_json, sha256_of
 from backbones.weights import keep_run_log, manifest_entries, verify_zoo_file, zoo_path
 
 SECTION = "detectors"
@@ -110,7 +110,7 @@ def add_run(run_dir: Path, zoo_id: str, data_root: Path, zoo: Path | None = None
               "log": keep_run_log(run_dir, zoo.parent, zoo_id)}  # fmt: skip
     manifest: dict[str, Any] = json.loads(zoo.read_text()) if zoo.exists() else {"format_version": 1, "weights": []}
     manifest.setdefault(SECTION, []).append(record)
-    atomic_write_text(zoo, json.dumps(manifest, indent=1) + "\n")
+    atomic_write_json(zoo, manifest)
     load_detector(config["backbone"], Path(zoo_id))  # the record must load (and verify) before we say it is there
     return record
 

@@ -7,7 +7,7 @@ import torch
 import torchvision
 
 from backbones import create_model
-from backbones.fileio import sha256_of
+from backbones.fileio import atomic_write_json, sha256_of
 from backbones.weights import describe_state_dict, read_zoo, save_weights
 
 
@@ -124,3 +124,16 @@ def test_save_weights_is_atomic_and_leaves_no_temporary_files(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
     assert (tmp_path / "w.safetensors").stat().st_mode & 0o044 == 0o044  # readable by others, not mkstemp's 0600
     assert describe_state_dict(create_model("resnet56").state_dict()).startswith("a 56-layer basic-block net")
+
+
+def test_atomic_write_json_round_trips_ends_with_newline_and_keeps_old_file_on_error(tmp_path):
+    path = tmp_path / "report.json"
+    atomic_write_json(path, {"top1_err": 4.67, "rows": [1, 2]})
+    text = path.read_text()
+    assert text.endswith("}\n") and json.loads(text) == {"top1_err": 4.67, "rows": [1, 2]}
+    atomic_write_json(path, [1, 2], indent=None)
+    assert path.read_text() == "[1, 2]\n"
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        atomic_write_json(path, {"bad": object()})
+    assert path.read_text() == "[1, 2]\n"  # the old file stays whole
+    assert [f.name for f in tmp_path.iterdir()] == ["report.json"]  # and no temporary file is left behind

@@ -21,6 +21,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .fileio import atomic_path, sha256_of
+from .fileio import atomic_path, atomic_write_json, sha256_of
 
 ZOO_ENV = "BACKBONES_ZOO"
 DEFAULT_ZOO = Path(__file__).resolve().parent.parent / "weights" / "zoo.json"
@@ -119,6 +120,40 @@ def keep_run_log(run_dir: Path, zoo_dir: Path, zoo_id: str) -> dict[str, Any] | 
     with atomic_path(target) as tmp:
         tmp.write_bytes(source.read_bytes())
     return {"file": target.name, "sha256": sha256_of(target), "size": target.stat().st_size}
+
+
+def read_finished_run(run_dir: str | Path, trainer: str) -> tuple[dict[str, Any], Path]:
+    """(config.json as a dict, path of final.safetensors) of a finished ``trainer`` run; a missing file or a
+    config that is not a JSON object raises an error naming the file."""
+    run_dir = Path(run_dir)
+    config_path, weights_path = run_dir / "config.json", run_dir / "final.safetensors"
+    for needed in (config_path, weights_path):
+        if not needed.is_file():
+            raise FileNotFoundError(f"{needed} is missing: is {run_dir} a finished {trainer} run?")
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{config_path}: not valid JSON ({error})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_path}: expected a JSON object, got {type(config).__name__}")
+    return config, weights_path
+
+
+def publish_run(run_dir: str | Path, weights_path: Path, zoo: Path, zoo_id: str) -> dict[str, Any]:
+    """Copy a run's weights (and its metrics.jsonl) beside the manifest as ``ID.safetensors``, atomically;
+    the record's ``file``, ``sha256``, ``size`` and ``log`` fields."""
+    target = zoo.parent / f"{zoo_id}.safetensors"
+    with atomic_path(target) as tmp:
+        shutil.copyfile(weights_path, tmp)
+    return {"file": target.name, "sha256": sha256_of(target), "size": target.stat().st_size,
+            "log": keep_run_log(Path(run_dir), zoo.parent, zoo_id)}  # fmt: skip
+
+
+def append_record(zoo: Path, section: str, record: dict[str, Any]) -> None:
+    """Add ``record`` to the manifest's ``section`` list (creating the manifest or section), atomically."""
+    manifest: dict[str, Any] = json.loads(zoo.read_text()) if zoo.exists() else {"format_version": 1, "weights": []}
+    manifest.setdefault(section, []).append(record)
+    atomic_write_json(zoo, manifest)
 
 
 def zoo_run_log(zoo_id: str, path: str | Path | None = None) -> Path | None:

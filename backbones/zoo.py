@@ -12,36 +12,25 @@ atomically; the new record is then loaded back through ``create_model`` to prove
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 from .engine import recipe_and_segments
 from .evaluate import evaluate
-from .fileio import atomic_path, atomic_write_json, sha256_of
 from .registry import create_model
-from .weights import keep_run_log, read_zoo, zoo_path
+from .weights import append_record, publish_run, read_finished_run, read_zoo, zoo_path
 
 RECIPE_KEYS = ("batch_size", "lr", "momentum", "weight_decay", "schedule", "milestones", "max_iters", "val_split",
                "warmup_lr", "warmup_until_error", "random_erasing", "erasing_fill", "seed", "amp", "world_size")  # fmt: skip
 
 
 def add_run(run_dir: Path, zoo_id: str, zoo: Path | None = None, device: str = "auto") -> dict[str, Any]:
-    run_dir = Path(run_dir)
-    zoo = Path(zoo) if zoo is not None else zoo_path()
-    config_path, weights_path = run_dir / "config.json", run_dir / "final.safetensors"
-    for needed in (config_path, weights_path):
-        if not needed.is_file():
-            raise FileNotFoundError(f"{needed} is missing: is {run_dir} a finished backbones.train run?")
-    config = json.loads(config_path.read_text())
+    run_dir, zoo = Path(run_dir), Path(zoo) if zoo is not None else zoo_path()
+    config, weights_path = read_finished_run(run_dir, "backbones.train")
     if zoo_id in read_zoo(zoo):
         raise ValueError(f"{zoo}: id {zoo_id!r} already exists")
     metrics = evaluate(config["arch"], [str(weights_path)], config["dataset"],
                        Path(config["data"]) if config.get("data") else None, device=device)  # fmt: skip
-    target = zoo.parent / f"{zoo_id}.safetensors"
-    with atomic_path(target) as tmp:
-        shutil.copyfile(weights_path, tmp)
     data_flag = f" --data {config['data']}" if config.get("data") else ""
     record = {
         "id": zoo_id,
@@ -55,14 +44,9 @@ def add_run(run_dir: Path, zoo_id: str, zoo: Path | None = None, device: str = "
                     "split": "test", "protocol": metrics["protocol"],
                     "command": f"python -m backbones.evaluate {config['arch']} --weights {zoo_id} "
                                f"--dataset {config['dataset']}{data_flag}"},  # fmt: skip
-        "file": target.name,
-        "sha256": sha256_of(target),
-        "size": target.stat().st_size,
-        "log": keep_run_log(run_dir, zoo.parent, zoo_id),
+        **publish_run(run_dir, weights_path, zoo, zoo_id),
     }
-    manifest: dict[str, Any] = json.loads(zoo.read_text()) if zoo.exists() else {"format_version": 1, "weights": []}
-    manifest["weights"].append(record)
-    atomic_write_json(zoo, manifest)
+    append_record(zoo, "weights", record)
     create_model(config["arch"], weights=zoo_id)  # the record must load (and verify) before we say it is there
     return record
 

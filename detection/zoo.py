@@ -15,15 +15,12 @@ atomically), then loads the record back to prove it works. ``list`` prints the d
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from backbones.engine import recipe_and_segments
-from backbones.fileio import atomic_path, atomic_write_json, sha256_of
-from backbones.weights import keep_run_log, manifest_entries, verify_zoo_file, zoo_path
+from backbones.weights import append_record, manifest_entries, publish_run, read_finished_run, verify_zoo_file, zoo_path
 
 SECTION = "detectors"
 CONFIG_KEYS = ("backbone", "backbone_weights", "design", "freeze_at", "dataset", "model", "class_names", "channels",
@@ -80,11 +77,7 @@ def add_run(run_dir: Path, zoo_id: str, data_root: Path, zoo: Path | None = None
     from .inference import evaluate_test_set
 
     run_dir, zoo = Path(run_dir), Path(zoo) if zoo is not None else zoo_path()
-    config_path, weights_path = run_dir / "config.json", run_dir / "final.safetensors"
-    for needed in (config_path, weights_path):
-        if not needed.is_file():
-            raise FileNotFoundError(f"{needed} is missing: is {run_dir} a finished detection.train run?")
-    config = json.loads(config_path.read_text())
+    config, weights_path = read_finished_run(run_dir, "detection.train")
     if zoo_id in read_detectors(zoo):
         raise ValueError(f"{zoo}: detector id {zoo_id!r} already exists")
     test_set = TEST_FOR_TRAIN.get(config.get("dataset", ""))
@@ -93,9 +86,6 @@ def add_run(run_dir: Path, zoo_id: str, data_root: Path, zoo: Path | None = None
     model, config = load_detector(config["backbone"], run_dir)
     device_ = pick_device(device)
     results, _, _ = evaluate_test_set(model.to(device_), test_set, data_root, channels=config["channels"], device=device_)
-    target = zoo.parent / f"{zoo_id}.safetensors"
-    with atomic_path(target) as tmp:
-        shutil.copyfile(weights_path, tmp)
     metrics: dict[str, Any] = {"split": "test", "dataset": test_set,
                                "command": f"python -m detection.eval --backbone {config['backbone']} --weights {zoo_id} "
                                           f"--dataset {test_set} --data-root {data_root}"}  # fmt: skip
@@ -105,12 +95,9 @@ def add_run(run_dir: Path, zoo_id: str, data_root: Path, zoo: Path | None = None
         metrics.update({f"coco_{key}": round(value, 2) for key, value in results["coco"].items()})
     record = {"id": zoo_id, "backbone": config["backbone"], "design": config["design"], "dataset": config["dataset"],
               "class_names": config["class_names"], "config": {key: config.get(key) for key in CONFIG_KEYS},
-              **recipe_and_segments(run_dir, config, RECIPE_KEYS), "metrics": metrics, "file": target.name,
-              "sha256": sha256_of(target), "size": target.stat().st_size,
-              "log": keep_run_log(run_dir, zoo.parent, zoo_id)}  # fmt: skip
-    manifest: dict[str, Any] = json.loads(zoo.read_text()) if zoo.exists() else {"format_version": 1, "weights": []}
-    manifest.setdefault(SECTION, []).append(record)
-    atomic_write_json(zoo, manifest)
+              **recipe_and_segments(run_dir, config, RECIPE_KEYS), "metrics": metrics,
+              **publish_run(run_dir, weights_path, zoo, zoo_id)}  # fmt: skip
+    append_record(zoo, SECTION, record)
     load_detector(config["backbone"], Path(zoo_id))  # the record must load (and verify) before we say it is there
     return record
 

@@ -223,3 +223,31 @@ def test_a_grayscale_zoo_backbone_run_reloads_with_its_channels_and_statistics(b
                "--json", str(tmp_path / "e.json")])  # fmt: skip
     scored = json.loads((tmp_path / "e.json").read_text())
     assert scored["voc"]["mAP"] == pytest.approx(final["voc_mAP"], abs=1e-6)  # the same model, the same numbers
+
+
+def test_zoo_add_records_what_eval_measures_and_loads_back(detector_run, benchmark, tmp_path, monkeypatch, capsys):
+    from detection.zoo import main as zoo_main
+    from detection.zoo import read_detectors, zoo_detector
+
+    zoo = tmp_path / "weights" / "zoo.json"
+    zoo.parent.mkdir()
+    monkeypatch.setenv("BACKBONES_ZOO", str(zoo))
+    assert zoo_main(["add", str(detector_run), "--id", "det_tiny", "--data-root", str(benchmark), "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.startswith("added det_tiny: resnet20 c4 on fashion-det")
+    record = read_detectors(zoo)["det_tiny"]
+    assert record.path.read_bytes() == (detector_run / "final.safetensors").read_bytes()
+    assert (zoo.parent / "det_tiny.metrics.jsonl").read_bytes() == (detector_run / "metrics.jsonl").read_bytes()
+    assert record.metrics["command"].startswith("python -m detection.eval --backbone resnet20 --weights det_tiny")
+    measured = tmp_path / "eval.json"
+    eval_main(["--backbone", "resnet20", "--weights", str(detector_run), "--dataset", "fashion-det",
+               "--data-root", str(benchmark), "--json", str(measured)])  # fmt: skip
+    numbers = json.loads(measured.read_text())
+    assert record.metrics["voc_mAP"] == round(numbers["voc"]["mAP"], 2)
+    assert record.metrics["coco_AP"] == round(numbers["coco"]["AP"], 2)
+    config, weights = zoo_detector("det_tiny")
+    assert config["design"] == "c4" and weights == record.path
+    with pytest.raises(SystemExit, match="detector id 'det_tiny' already exists"):
+        zoo_main(["add", str(detector_run), "--id", "det_tiny", "--data-root", str(benchmark)])
+    with pytest.raises(SystemExit, match=r"config\.json is missing: is .* a finished detection\.train run"):
+        zoo_main(["add", str(tmp_path), "--id", "det_other", "--data-root", str(benchmark)])
+    assert list(read_detectors(zoo)) == ["det_tiny"]

@@ -8,7 +8,7 @@ import torchvision
 
 from backbones import create_model
 from backbones.fileio import atomic_write_json, sha256_of
-from backbones.weights import describe_state_dict, read_zoo, save_weights
+from backbones.weights import append_record, describe_state_dict, read_finished_run, read_zoo, save_weights
 
 
 def _write_zoo(directory, model, **fields):
@@ -137,3 +137,30 @@ def test_atomic_write_json_round_trips_ends_with_newline_and_keeps_old_file_on_e
         atomic_write_json(path, {"bad": object()})
     assert path.read_text() == "[1, 2]\n"  # the old file stays whole
     assert [f.name for f in tmp_path.iterdir()] == ["report.json"]  # and no temporary file is left behind
+
+
+def test_read_finished_run_names_the_missing_or_bad_file(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(FileNotFoundError, match=r"run/config\.json is missing: is .* a finished backbones\.train run"):
+        read_finished_run(run, "backbones.train")
+    (run / "config.json").write_text('{"arch": "resnet20"}')
+    with pytest.raises(FileNotFoundError, match=r"run/final\.safetensors is missing.*detection\.train run"):
+        read_finished_run(run, "detection.train")
+    (run / "final.safetensors").write_bytes(b"weights")
+    assert read_finished_run(run, "backbones.train") == ({"arch": "resnet20"}, run / "final.safetensors")
+    (run / "config.json").write_text('{"arch": ')
+    with pytest.raises(ValueError, match=r"run/config\.json: not valid JSON"):
+        read_finished_run(run, "backbones.train")
+    (run / "config.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"run/config\.json: expected a JSON object, got list"):
+        read_finished_run(run, "backbones.train")
+
+
+def test_append_record_creates_the_manifest_and_keeps_other_sections(tmp_path):
+    zoo = tmp_path / "zoo.json"
+    append_record(zoo, "weights", {"id": "a"})
+    append_record(zoo, "detectors", {"id": "d"})
+    append_record(zoo, "weights", {"id": "b"})
+    assert json.loads(zoo.read_text()) == {"format_version": 1, "weights": [{"id": "a"}, {"id": "b"}],
+                                           "detectors": [{"id": "d"}]}  # fmt: skip

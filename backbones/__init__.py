@@ -3,5 +3,13 @@
 from .registry import create_model, get_model_entry, list_models, register_model
 from .resnet import FeatureSpec, ResNet, cifar_resnet, imagenet_resnet
 
-__all__ = ["FeatureSpec", "ResNet", "cifar_resnet", "create_model", "get_model_entry", "imagenet_resnet",
-           "list_models", "register_model"]
+__all__ = [
+    "FeatureSpec",
+    "ResNet",
+    "cifar_resnet",
+    "create_model",
+    "get_model_entry",
+    "imagenet_resnet",
+    "list_models",
+    "register_model",
+]

@@ -406,8 +406,9 @@ def _main_responses(parser: argparse.ArgumentParser, args: argparse.Namespace, a
         measured: dict[tuple[str, str], NetResponses] = {}
         for spec in (spec for nets in specs.values() for spec in nets):
             if (spec.arch, spec.weights) not in measured:
-                measured[spec.arch, spec.weights] = measure_responses(spec, args.dataset, args.data, args.images,
-                                                                      args.batch_size or 500, args.device or "auto")
+                measured[spec.arch, spec.weights] = measure_responses(
+                    spec, args.dataset, args.data, args.images, args.batch_size or 500, args.device or "auto"
+                )
     except (ValueError, FileNotFoundError) as error:
         raise SystemExit(f"error: {_one_line(error)}") from None
     panels = {title: [replace(measured[spec.arch, spec.weights], label=spec.label) for spec in nets]

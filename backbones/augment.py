@@ -116,7 +116,9 @@ class RandomErasing:
         """(n, 4) int64 rows (top, left, h, w) on the CPU; h = w = 0 where the image is not erased."""
         erase = torch.rand(n, generator=generator) < self.p
         shape = (n, self.attempts)
-        areas = (self.area[0] + (self.area[1] - self.area[0]) * torch.rand(shape, generator=generator, dtype=torch.float64))
+        areas = self.area[0] + (self.area[1] - self.area[0]) * torch.rand(
+            shape, generator=generator, dtype=torch.float64
+        )
         ratios = self.aspect[0] + (self.aspect[1] - self.aspect[0]) * torch.rand(shape, generator=generator,
                                                                                 dtype=torch.float64)  # fmt: skip
         target = areas * (height * width)
@@ -192,7 +194,9 @@ class ArrayBatches:
         if self.batch_size % self.world_size:
             raise ValueError(f"global batch {self.batch_size} is not divisible by {self.world_size} processes")
         if self.drop_last and len(self.dataset) < self.batch_size:
-            raise ValueError(f"{self.dataset.name}: {len(self.dataset)} images are fewer than one batch of {self.batch_size}")
+            raise ValueError(
+                f"{self.dataset.name}: {len(self.dataset)} images are fewer than one batch of {self.batch_size}"
+            )
         # The plan of global batches; this process's share is cut after augmentation (see batches).
         self.plan = EpochPlan(len(self.dataset), self.batch_size, shuffle=self.shuffle, drop_last=self.drop_last,
                               seed=self.seed, rank=0, world_size=1)  # fmt: skip

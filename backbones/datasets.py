@@ -21,7 +21,18 @@ import torch
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 # The official test split ships with the package (MIT licence, 4.4 MB): real images in every clone.
 BUNDLED_FASHION_MNIST = Path(__file__).resolve().parent / "data" / "fashion-mnist"
-FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
@@ -34,9 +45,13 @@ class ArrayDataset:
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
-            raise ValueError(f"{self.name}: images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
+            raise ValueError(
+                f"{self.name}: images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}"
+            )
         if self.labels.shape != (self.images.shape[0],):
-            raise ValueError(f"{self.name}: {self.images.shape[0]} images but labels of shape {tuple(self.labels.shape)}")
+            raise ValueError(
+                f"{self.name}: {self.images.shape[0]} images but labels of shape {tuple(self.labels.shape)}"
+            )
         if len(self.labels) and not 0 <= int(self.labels.min()) <= int(self.labels.max()) < len(self.class_names):
             raise ValueError(f"{self.name}: labels must lie in [0, {len(self.class_names)}), found "
                              f"[{int(self.labels.min())}, {int(self.labels.max())}]")  # fmt: skip
@@ -126,7 +141,9 @@ def load_cifar10(root: str | Path, split: str = "train") -> ArrayDataset:
     root = Path(root)
     if (root / "cifar-10-batches-py").is_dir():
         root = root / "cifar-10-batches-py"
-    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"] if split == "test" else None
+    names = (
+        [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"] if split == "test" else None
+    )
     if names is None:
         raise ValueError(f"CIFAR-10 split must be 'train' or 'test', got {split!r}")
     images, labels = [], []
@@ -143,7 +160,9 @@ def load_cifar10(root: str | Path, split: str = "train") -> ArrayDataset:
             raise ValueError(f"{path}: expected a dict with keys b'data' and b'labels'")
         data, batch_labels = np.asarray(batch[b"data"], dtype=np.uint8), batch[b"labels"]
         if data.ndim != 2 or data.shape[1] != 3072 or len(batch_labels) != len(data):
-            raise ValueError(f"{path}: field 'data' must be (N, 3072) with N labels, got {data.shape} and {len(batch_labels)}")
+            raise ValueError(
+                f"{path}: field 'data' must be (N, 3072) with N labels, got {data.shape} and {len(batch_labels)}"
+            )
         images.append(data.reshape(-1, 3, 32, 32))
         labels.extend(batch_labels)
     return ArrayDataset(torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.int64),

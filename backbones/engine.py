@@ -254,7 +254,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not a training checkpoint of this project (found {found}); "
                               "a plain state dict can be used as weights, not resumed")  # fmt: skip
     if state.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint version {state.get('version')} is not supported (expected {CHECKPOINT_VERSION})")
+        raise CheckpointError(
+            f"{path}: checkpoint version {state.get('version')} is not supported (expected {CHECKPOINT_VERSION})"
+        )
     return state
 
 
@@ -346,8 +348,13 @@ class Trainer:
             raise CheckpointError(f"{path} was written by a run with another recipe ({differences}). Resume with the "
                                   "same settings (see the run's config.json), or start a new run with --output")  # fmt: skip
         if self.ctx.is_main and saved.get("amp", current.get("amp")) != current.get("amp"):
-            log.info("resuming with amp %s; iterations up to %s ran with amp %s (each segment is recorded in "
-                     "metrics.jsonl and in a zoo record)", current.get("amp"), state["iteration"], saved.get("amp"))
+            log.info(
+                "resuming with amp %s; iterations up to %s ran with amp %s (each segment is recorded in "
+                "metrics.jsonl and in a zoo record)",
+                current.get("amp"),
+                state["iteration"],
+                saved.get("amp"),
+            )
         from .weights import check_state_dict
 
         check_state_dict(self.model, state["model"], str(path))
@@ -482,7 +489,9 @@ class Trainer:
                     window_start, window_samples = time.perf_counter(), 0
                     window_start_iteration = self.iteration
                 final = self.iteration == config.max_iters
-                if final and self.evaluate_fn is not None:  # the finished training is on disk before the final evaluation
+                if (
+                    final and self.evaluate_fn is not None
+                ):  # the finished training is on disk before the final evaluation
                     self.save_checkpoint()
                 if self.iteration % eval_every == 0 or final:
                     self.run_evaluation()

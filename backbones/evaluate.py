@@ -79,7 +79,9 @@ def load_test_split(dataset: str, data: Path | None, seed: int = 0) -> ArrayData
     return make_synthetic("test", seed=seed)
 
 
-def array_batches(dataset: ArrayDataset, preprocess: Preprocess, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def array_batches(
+    dataset: ArrayDataset, preprocess: Preprocess, batch_size: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     for start in range(0, len(dataset), batch_size):
         yield preprocess(dataset.images[start : start + batch_size]), dataset.labels[start : start + batch_size]
 
@@ -120,7 +122,9 @@ def evaluate(arch: str, weights: list[str], dataset: str, data: Path | None = No
     if dataset == "imagenet":
         if data is None:
             raise ValueError("ImageNet evaluation needs --data DIR with val/<class>/*.JPEG")
-        batches: Iterator[tuple[torch.Tensor, torch.Tensor]] = imagenet_scores(models, data, protocol, target, class_names)
+        batches: Iterator[tuple[torch.Tensor, torch.Tensor]] = imagenet_scores(
+            models, data, protocol, target, class_names
+        )
         scored = True
     else:
         if protocol != "center":
@@ -156,7 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="zoo id, run directory, .safetensors or .pth; repeat to average an ensemble")  # fmt: skip
     parser.add_argument("--dataset", choices=DATASETS, required=True, help="test set: ImageNet val/, CIFAR-10 or "
                         "Fashion-MNIST test (10k), or the generated set")  # fmt: skip
-    parser.add_argument("--data", type=Path, help="dataset directory (ImageNet root, cifar-10-batches-py, Fashion-MNIST IDX)")
+    parser.add_argument(
+        "--data", type=Path, help="dataset directory (ImageNet root, cifar-10-batches-py, Fashion-MNIST IDX)"
+    )
     parser.add_argument("--protocol", choices=PROTOCOLS, default="center", help="test protocol (ImageNet)")
     parser.add_argument("--batch-size", type=POSITIVE_INT, default=500, help="images per forward pass (default: 500)")
     parser.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:N (default: auto)")

@@ -46,8 +46,9 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
-def atomic_write_json(path: str | Path, value: object, *, indent: int | None = 1,
-                      default: Callable[[object], object] | None = None) -> None:
+def atomic_write_json(
+    path: str | Path, value: object, *, indent: int | None = 1, default: Callable[[object], object] | None = None
+) -> None:
     """Write ``value`` as JSON ending with a newline, atomically (see ``atomic_path``)."""
     atomic_write_text(path, json.dumps(value, indent=indent, default=default) + "\n")
 

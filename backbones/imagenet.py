@@ -190,8 +190,12 @@ def resized_crop(image: ImageLike, resized: tuple[int, int], top: int, left: int
     worker's time. Tensors (the GPU-decoding path) are resized whole, then cropped."""
     if isinstance(image, Image.Image):
         scale_y, scale_x = image.height / resized[0], image.width / resized[1]
-        box = (left * scale_x, top * scale_y,
-               min((left + crop) * scale_x, image.width), min((top + crop) * scale_y, image.height))  # float error
+        box = (
+            left * scale_x,
+            top * scale_y,
+            min((left + crop) * scale_x, image.width),
+            min((top + crop) * scale_y, image.height),
+        )  # float error
         return image.resize((crop, crop), Image.Resampling.BILINEAR, box=box)
     return F.crop(F.resize(image, list(resized), antialias=True), top, left, crop, crop)
 

@@ -56,7 +56,11 @@ def get_model_entry(name: str) -> ModelEntry:
     return _REGISTRY[name]
 
 
-_CONSTRUCTOR_OPTIONS = [p for p in inspect.signature(ResNet.__init__).parameters if p not in ("self", "block", "layers", "widths", "name", "stem")]
+_CONSTRUCTOR_OPTIONS = [
+    p
+    for p in inspect.signature(ResNet.__init__).parameters
+    if p not in ("self", "block", "layers", "widths", "name", "stem")
+]
 
 
 def create_model(

@@ -80,8 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--data-on-device", choices=("auto", "yes", "no"), default="auto",
                       help="keep small in-memory datasets (CIFAR, Fashion-MNIST) and their augmentation on the GPU")  # fmt: skip
     optim = parser.add_argument_group("optimisation (defaults: the paper's recipe for the model's family)")
-    optim.add_argument("--batch-size", type=POSITIVE_INT,
-                       help=f"global mini-batch size, split over processes ({_recipe('batch_size')})")
+    optim.add_argument(
+        "--batch-size",
+        type=POSITIVE_INT,
+        help=f"global mini-batch size, split over processes ({_recipe('batch_size')})",
+    )
     optim.add_argument("--lr", type=POSITIVE, help=f"initial learning rate ({_recipe('lr')})")
     optim.add_argument("--momentum", type=MOMENTUM, help=f"SGD momentum ({_recipe('momentum')})")
     optim.add_argument("--weight-decay", type=NON_NEGATIVE, help=f"L2 weight decay ({_recipe('weight_decay')})")
@@ -89,11 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
                        f"validation error stops improving, §3.4) or cosine ({_recipe('schedule')})")  # fmt: skip
     optim.add_argument("--milestones", type=POSITIVE_INT, nargs="*", help="iterations where the step schedule divides "
                        "lr by 10 (recipe: 50 %% and 75 %% of the run for CIFAR nets, i.e. 32k and 48k of 64k)")  # fmt: skip
-    optim.add_argument("--patience", type=POSITIVE_INT, default=3,
-                       help="plateau: evaluations without improvement before ÷10")
+    optim.add_argument(
+        "--patience", type=POSITIVE_INT, default=3, help="plateau: evaluations without improvement before ÷10"
+    )
     length = optim.add_mutually_exclusive_group()
-    length.add_argument("--max-iters", type=POSITIVE_INT,
-                        help=f"training length in iterations ({_recipe('max_iters')})")
+    length.add_argument(
+        "--max-iters", type=POSITIVE_INT, help=f"training length in iterations ({_recipe('max_iters')})"
+    )
     length.add_argument("--epochs", type=POSITIVE, help="training length in epochs (instead of --max-iters)")
     optim.add_argument("--warmup-lr", type=POSITIVE, help="learning rate during warm-up (recipe: 0.01, §4.2)")
     optim.add_argument("--warmup-iters", type=COUNT, default=0, help="fixed warm-up length: iterations at --warmup-lr "
@@ -173,7 +178,9 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     if until is None and not args.warmup_iters and entry.family == "cifar" and depth >= 110:
         until = 0.8  # §4.2: ResNet-110 (and 1202)
     config["warmup_until_error"] = until or None  # 0: off
-    config["warmup_lr"] = args.warmup_lr if args.warmup_lr is not None else (0.01 if config["warmup_until_error"] else None)
+    config["warmup_lr"] = (
+        args.warmup_lr if args.warmup_lr is not None else (0.01 if config["warmup_until_error"] else None)
+    )
     if args.erasing_fill != "random" and not args.random_erasing:
         raise SystemExit("--erasing-fill applies to Random Erasing: give --random-erasing P (> 0) too")
     if args.random_erasing and dataset == "imagenet":
@@ -247,7 +254,9 @@ def build_data(config: dict[str, Any], ctx: DistContext, data_on_device: str, wo
                             drop_last=train, seed=seed, rank=ctx.rank, world_size=ctx.world_size)  # fmt: skip
 
     test = source(test_set, False) if config["val_split"] else None
-    return Data(source(train_set, True), source(val_set, False), test, train_set.class_names, preprocess, train_set.channels)
+    return Data(
+        source(train_set, True), source(val_set, False), test, train_set.class_names, preprocess, train_set.channels
+    )
 
 
 def finish_schedule(config: dict[str, Any], batches_per_epoch: int) -> LRSchedule:
@@ -341,7 +350,9 @@ def main(argv: list[str] | None = None) -> int:
         test = evaluate_classifier(trainer.model, data.test.batches(0), ctx)
         trainer.record("test", test)
     if ctx.is_main:
-        save_weights(trainer.model, output / "final.safetensors", metadata={"arch": args.arch, "dataset": config["dataset"]})
+        save_weights(
+            trainer.model, output / "final.safetensors", metadata={"arch": args.arch, "dataset": config["dataset"]}
+        )
         from .analysis import plot_runs
 
         plot_runs({args.arch: output}, output / "curves.png", title=f"{args.arch} on {config['dataset']}")

@@ -163,7 +163,9 @@ def zoo_run_log(zoo_id: str, path: str | Path | None = None) -> Path | None:
     if not path.exists():
         return None
     for section in ("weights", "detectors"):  # the detector records' fields are detection.zoo's; only these matter
-        for where, entry in manifest_entries(path, section, ("id", "file", "sha256", "class_names"), optional_section=True):
+        for where, entry in manifest_entries(
+            path, section, ("id", "file", "sha256", "class_names"), optional_section=True
+        ):
             if entry["id"] != str(zoo_id):
                 continue
             log = entry.get("log")
@@ -196,13 +198,17 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             state: Any = load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as error:
-            raise ValueError(f"{path} ({size} bytes): not a readable safetensors file, truncated or corrupt? ({error})") from None
+            raise ValueError(
+                f"{path} ({size} bytes): not a readable safetensors file, truncated or corrupt? ({error})"
+            ) from None
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as error:
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ValueError(f"{path} ({size} bytes): not a readable torch state dict, truncated or corrupt? ({first})") from None
+            raise ValueError(
+                f"{path} ({size} bytes): not a readable torch state dict, truncated or corrupt? ({first})"
+            ) from None
     for key in ("model", "state_dict", "model_state"):
         if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
             state = state[key]
@@ -230,7 +236,9 @@ def resolve_weights(weights: str | Path, arch: str) -> WeightsSource:
         raise ValueError(f"weights {str(weights)!r} is neither a file nor a zoo id in {zoo_path()} (zoo ids: {known})")
     record = zoo[str(weights)]
     if record.arch != arch:
-        raise ValueError(f"zoo weights {record.id!r} are for {record.arch}, not {arch}; use create_model({record.arch!r}, weights={record.id!r})")
+        raise ValueError(
+            f"zoo weights {record.id!r} are for {record.arch}, not {arch}; use create_model({record.arch!r}, weights={record.id!r})"
+        )
     verify_zoo_file(record.id, record.path, record.size, record.sha256)
     return WeightsSource(record.id, load_state_dict_file(record.path), record)
 

@@ -40,10 +40,15 @@ def add_run(run_dir: Path, zoo_id: str, zoo: Path | None = None, device: str = "
         "class_names": config["class_names"],
         "preprocessing": config["preprocessing"],
         **recipe_and_segments(run_dir, config, RECIPE_KEYS),
-        "metrics": {"top1_err": metrics["top1_err"], "top5_err": metrics["top5_err"], "images": metrics["images"],
-                    "split": "test", "protocol": metrics["protocol"],
-                    "command": f"python -m backbones.evaluate {config['arch']} --weights {zoo_id} "
-                               f"--dataset {config['dataset']}{data_flag}"},  # fmt: skip
+        "metrics": {
+            "top1_err": metrics["top1_err"],
+            "top5_err": metrics["top5_err"],
+            "images": metrics["images"],
+            "split": "test",
+            "protocol": metrics["protocol"],
+            "command": f"python -m backbones.evaluate {config['arch']} --weights {zoo_id} "
+            f"--dataset {config['dataset']}{data_flag}",
+        },  # fmt: skip
         **publish_run(run_dir, weights_path, zoo, zoo_id),
     }
     append_record(zoo, "weights", record)
@@ -56,11 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="the zoo's weights and their measured metrics")
     add = commands.add_parser("add", help="evaluate a finished run and add its weights to the zoo")
-    add.add_argument("run_dir", type=Path, help="a finished backbones.train output directory (config.json and "
-                     "final.safetensors)")
+    add.add_argument(
+        "run_dir", type=Path, help="a finished backbones.train output directory (config.json and final.safetensors)"
+    )
     add.add_argument("--id", required=True, help="zoo id, e.g. resnet20_fashion_mnist; becomes weights/ID.safetensors")
-    add.add_argument("--device", default="auto", help="where the test-set evaluation runs: auto (cuda if present), "
-                     "cpu, cuda, cuda:N (default: auto)")
+    add.add_argument(
+        "--device",
+        default="auto",
+        help="where the test-set evaluation runs: auto (cuda if present), cpu, cuda, cuda:N (default: auto)",
+    )
     return parser
 
 

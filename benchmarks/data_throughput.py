@@ -89,10 +89,17 @@ def loader_rate(root: Path, batch: int, workers: int, gpu_decode: bool, repeats:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=POSITIVE_INT, default=512, help="JPEGs to generate (default: 512)")
-    parser.add_argument("--size", default="500x375", help="their WIDTHxHEIGHT (default: 500x375, a typical ImageNet photo)")
+    parser.add_argument(
+        "--size", default="500x375", help="their WIDTHxHEIGHT (default: 500x375, a typical ImageNet photo)"
+    )
     parser.add_argument("--batch", type=POSITIVE_INT, default=64, help="loader batch size (default: 64)")
-    parser.add_argument("--workers", type=COUNT, nargs="+", default=[0, 1, 2],
-                        help="DataLoader worker counts to measure (default: 0 1 2; 0 = in the main process)")
+    parser.add_argument(
+        "--workers",
+        type=COUNT,
+        nargs="+",
+        default=[0, 1, 2],
+        help="DataLoader worker counts to measure (default: 0 1 2; 0 = in the main process)",
+    )
     parser.add_argument("--repeats", type=POSITIVE_INT, default=3, help="timed epochs per variant; the median counts")
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results", help="JSON directory")
     args = parser.parse_args(argv)
@@ -116,9 +123,11 @@ def main(argv: list[str] | None = None) -> int:
             "decode (PIL, RGB)": images_per_s(lambda: [decode_image(path) for path in sample], n, args.repeats),
             "augment (§3.4)": images_per_s(lambda: [augment(image, generator) for image in decoded], n, args.repeats),
             "scale+crop: resample the crop's box": images_per_s(
-                lambda: [augment.geometric(image, generator) for image in decoded], n, args.repeats),
+                lambda: [augment.geometric(image, generator) for image in decoded], n, args.repeats
+            ),
             "scale+crop: resize whole, then crop": images_per_s(
-                lambda: [resize_then_crop(augment, image, generator) for image in decoded], n, args.repeats),
+                lambda: [resize_then_crop(augment, image, generator) for image in decoded], n, args.repeats
+            ),
         }
         rows = []
         for workers in args.workers:

@@ -78,7 +78,9 @@ def detector_row(sidecar: dict[str, Any]) -> dict[str, Any]:
             "confident_detections": accuracy["confident_detections"]}  # fmt: skip
 
 
-def run_detector(arch: str, weights: str, root: Path, out: Path, names: list[str], max_drop: float) -> list[dict[str, Any]]:
+def run_detector(
+    arch: str, weights: str, root: Path, out: Path, names: list[str], max_drop: float
+) -> list[dict[str, Any]]:
     """The detector variants, each checked by its mAP on fashion-det's 500 test canvases (calibration:
     512 of its training canvases)."""
     return export_each(DETECTOR_VARIANTS, names, out, arch, weights, detector_row, "fashion-det", detector="c4",
@@ -86,7 +88,9 @@ def run_detector(arch: str, weights: str, root: Path, out: Path, names: list[str
 
 
 def detector_table(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'variant':<22} {'fp32 VOC07':>10} {'artifact':>9} {'diff':>6} {'COCO AP fp32/art':>17} {'found again':>12}"]
+    lines = [
+        f"{'variant':<22} {'fp32 VOC07':>10} {'artifact':>9} {'diff':>6} {'COCO AP fp32/art':>17} {'found again':>12}"
+    ]
     for row in rows:
         if "failed" in row:
             lines.append(f"{row['variant']:<22} export failed its check: {row['failed']}")
@@ -99,10 +103,16 @@ def detector_table(rows: list[dict[str, Any]]) -> str:
 
 
 def classifier_row(sidecar: dict[str, Any]) -> dict[str, Any]:
-    return {"accuracy": sidecar["accuracy"], "quantization": sidecar["quantization"], "openvino": sidecar.get("openvino")}
+    return {
+        "accuracy": sidecar["accuracy"],
+        "quantization": sidecar["quantization"],
+        "openvino": sidecar.get("openvino"),
+    }
 
 
-def run(arch: str, weights: str, out: Path, names: list[str], eval_images: int | None, max_drop: float) -> list[dict[str, Any]]:
+def run(
+    arch: str, weights: str, out: Path, names: list[str], eval_images: int | None, max_drop: float
+) -> list[dict[str, Any]]:
     return export_each(VARIANTS, names, out, arch, weights, classifier_row, "fashion-mnist",
                        eval_dataset="fashion-mnist", eval_images=eval_images, max_accuracy_drop=max_drop)  # fmt: skip
 
@@ -123,7 +133,9 @@ def table(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", default="resnet56", help="zoo architecture (default: resnet56)")
-    parser.add_argument("--weights", default="resnet56_fashion_mnist", help="zoo id or run of a Fashion-MNIST classifier")
+    parser.add_argument(
+        "--weights", default="resnet56_fashion_mnist", help="zoo id or run of a Fashion-MNIST classifier"
+    )
     parser.add_argument("--out", type=Path, required=True, help="folder for the artifacts")
     parser.add_argument("--variants", default="", help=f"comma-separated subset of {[v[0] for v in VARIANTS]}")
     parser.add_argument("--eval-images", type=POSITIVE_INT, help="test images to check on (default: all 10,000)")

@@ -42,7 +42,9 @@ def measure(arch: str, batch: int, size: int, amp: str, compile_: bool, channels
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     config = EngineConfig(Path("/nonexistent"), max_iters=1, amp=amp, compile=compile_, channels_last=channels_last,
                           progress=False)  # fmt: skip
-    trainer = Trainer(model, optimizer, LRSchedule(0.1), [], classification_step, config, ctx=DistContext(device=device))
+    trainer = Trainer(
+        model, optimizer, LRSchedule(0.1), [], classification_step, config, ctx=DistContext(device=device)
+    )
     images = torch.randn(batch, 3, size, size, device=device)
     labels = torch.randint(0, model.num_classes, (batch,), device=device)
     for _ in range(warmup):

@@ -34,5 +34,18 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'deploy' has no attribute {name!r}")
 
 
-__all__ = ["DetectionPredictor", "ExportError", "ExportOptions", "ExportResult", "Predictor", "SidecarError",
-           "export_model", "load", "load_eager", "load_eager_detector", "read_sidecar", "sidecar_path", "validate"]
+__all__ = [
+    "DetectionPredictor",
+    "ExportError",
+    "ExportOptions",
+    "ExportResult",
+    "Predictor",
+    "SidecarError",
+    "export_model",
+    "load",
+    "load_eager",
+    "load_eager_detector",
+    "read_sidecar",
+    "sidecar_path",
+    "validate",
+]

@@ -65,8 +65,10 @@ from .tensorrt import EngineCompatibilityError, TensorRTUnavailable
 
 REPORT_FORMAT = "resnet-zoo-bench"
 CPU_GOAL = {"batch": 1, "max_latency_ratio": 0.7}  # onnxruntime fp32 vs eager, p50
-CPU_INT8_GOALS = {"latency": {"batch": 1, "max_ratio": 0.15},  # best int8 artifact vs eager fp32, p50
-                  "throughput": {"batch": 32, "min_ratio": 6.0}}  # best int8 artifact vs eager fp32, images/s
+CPU_INT8_GOALS = {
+    "latency": {"batch": 1, "max_ratio": 0.15},  # best int8 artifact vs eager fp32, p50
+    "throughput": {"batch": 32, "min_ratio": 6.0},
+}  # best int8 artifact vs eager fp32, images/s
 GPU_GOAL = {"batch": 256, "min_throughput_ratio": 4.0}  # best fp16 backend vs eager fp32
 UNIQUE_IMAGES = 8  # distinct images in the synthetic batch (repeated to the largest batch size)
 
@@ -307,7 +309,9 @@ def round_sizes(iters: int, rounds: int) -> list[int]:
     return [iters // rounds + (1 if r < iters % rounds else 0) for r in range(rounds)]
 
 
-def time_interleaved(calls: dict[str, Callable[[], Any]], warmup: int, iters: int, rounds: int) -> dict[str, list[float]]:
+def time_interleaved(
+    calls: dict[str, Callable[[], Any]], warmup: int, iters: int, rounds: int
+) -> dict[str, list[float]]:
     """Per-call seconds of every call in ``calls``: warm-up, then rounds visiting them in rotating order."""
     for call in calls.values():
         for _ in range(warmup):
@@ -396,7 +400,9 @@ def goal_checks(report: dict[str, Any]) -> list[dict[str, Any]]:
         return checks
     if report["device"] == "cpu":
         for row in rows:
-            fp32_onnx = backends[row["backend"]]["backend"] == "onnx" and backends[row["backend"]]["precision"] == "fp32"
+            fp32_onnx = (
+                backends[row["backend"]]["backend"] == "onnx" and backends[row["backend"]]["precision"] == "fp32"
+            )
             if fp32_onnx and row["batch"] == CPU_GOAL["batch"] and "latency_ratio" in row:
                 ratio = row["latency_ratio"]
                 goal = f"cpu: onnxruntime fp32 batch-1 p50 latency <= {CPU_GOAL['max_latency_ratio']}x eager"
@@ -554,7 +560,9 @@ def format_table(report: dict[str, Any]) -> str:
     for check in report["goals"]:
         verdict = "PASS" if check["passed"] else "FAIL"
         measured = "n/a" if check["measured"] is None else f"{check['measured']:.3f}x"
-        lines.append(f"goal {check['goal']}: {check['backend']} {measured} -> {verdict} {check.get('detail', '')}".rstrip())
+        lines.append(
+            f"goal {check['goal']}: {check['backend']} {measured} -> {verdict} {check.get('detail', '')}".rstrip()
+        )
     return "\n".join(lines)
 
 
@@ -615,15 +623,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m deploy.bench", description=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("artifacts", nargs="*", type=Path, help="exported artifacts (with their .json sidecars)")
-    parser.add_argument("--eager", metavar="ARCH[:WEIGHTS]", help="PyTorch eager baseline (no weights: random init); "
-                        "for detectors the detection.train run directory")
+    parser.add_argument(
+        "--eager",
+        metavar="ARCH[:WEIGHTS]",
+        help="PyTorch eager baseline (no weights: random init); for detectors the detection.train run directory",
+    )
     parser.add_argument("--batch", type=_int_list, default=[1, 8, 32], help="batch sizes (default 1,8,32)")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where every backend runs (default: cpu)")
+    parser.add_argument(
+        "--device", choices=["cpu", "cuda"], default="cpu", help="where every backend runs (default: cpu)"
+    )
     parser.add_argument("--threads", type=POSITIVE_INT, help="torch, onnxruntime and OpenVINO intra-op threads (default: "
                         "torch's current)")  # fmt: skip
     parser.add_argument("--warmup", type=COUNT, default=5, help="untimed calls per backend and batch size")
     parser.add_argument("--iters", type=POSITIVE_INT, default=30, help="timed calls per backend and batch size")
-    parser.add_argument("--rounds", type=POSITIVE_INT, default=5, help="interleaved rounds the timed calls are split into")
+    parser.add_argument(
+        "--rounds", type=POSITIVE_INT, default=5, help="interleaved rounds the timed calls are split into"
+    )
     parser.add_argument("--providers", help="onnxruntime execution providers on cuda, comma-separated")
     parser.add_argument("--no-predict", action="store_true", help="skip the end-to-end predict() timing")
     parser.add_argument("--json", type=Path, help="write the report here")
@@ -638,8 +653,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                            "python -m deploy.bench " + shlex.join(sys.argv[1:] if argv is None else list(argv)))  # fmt: skip
     try:
         report = run_bench(options)
-    except (BenchError, SidecarError, FileNotFoundError, ArtifactLoadError, TensorRTUnavailable,
-            EngineCompatibilityError, ValueError) as error:  # ValueError: e.g. an AOTInductor package for another device
+    except (
+        BenchError,
+        SidecarError,
+        FileNotFoundError,
+        ArtifactLoadError,
+        TensorRTUnavailable,
+        EngineCompatibilityError,
+        ValueError,
+    ) as error:  # ValueError: e.g. an AOTInductor package for another device
         raise SystemExit(f"error: {error}") from None
     print(format_table(report))
     if args.json:

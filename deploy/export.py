@@ -79,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m deploy.export", description=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--model", required=True, help="zoo architecture, e.g. resnet50 (backbones.list_models())")
-    parser.add_argument("--weights", help="zoo id, run directory, .safetensors or .pth (omit: random init, testing only)")
+    parser.add_argument(
+        "--weights", help="zoo id, run directory, .safetensors or .pth (omit: random init, testing only)"
+    )
     parser.add_argument("--format", choices=FORMATS, default="onnx", help="artifact kind (default: onnx)")
     parser.add_argument("--precision", choices=["fp32", "fp16", "int8", "bf16"], default="fp32",
                         help="fp16 / int8 graphs for onnx, openvino and tensorrt (int8 needs calibration images); fp16 "
@@ -110,22 +112,38 @@ def build_parser() -> argparse.ArgumentParser:
     real.add_argument("--eval-dataset", metavar="NAME|DIR", help=f"labelled held-out images: {', '.join(KNOWN_DATASETS)} "
                       "(test split), fashion-det (detectors, with --data-root), or a folder of class subfolders; the "
                       "sidecar records the artifact's and fp32's accuracy side by side")  # fmt: skip
-    real.add_argument("--eval-images", type=POSITIVE_INT, help="check on at most this many held-out images (default: all)")
+    real.add_argument(
+        "--eval-images", type=POSITIVE_INT, help="check on at most this many held-out images (default: all)"
+    )
     real.add_argument("--data-root", type=Path, help="where --calibration-dataset / --eval-dataset live (default: "
                       "their usual place, e.g. /usr/share/datasets/fashion-mnist)")  # fmt: skip
     real.add_argument("--max-accuracy-drop", type=NON_NEGATIVE, default=DEFAULT_MAX_ACCURACY_DROP,
                       help="fail the export when the artifact loses more top-1 accuracy (detectors: mAP) points "
                       "than this on the held-out images")  # fmt: skip
     det = parser.add_argument_group("detectors (--weights: a detection.train run directory)")
-    det.add_argument("--detector", choices=["c4", "fpn"], help="export the run's Faster R-CNN (its design) instead of a classifier")
-    det.add_argument("--score-thresh", type=FRACTION, help="drop detections scoring below this in the graph (default: the run's, 0.05)")
-    det.add_argument("--detections-per-image", type=POSITIVE_INT, help="keep at most this many per image (default: the run's, 100)")
-    det.add_argument("--max-image-side", type=POSITIVE_INT, default=2048,
-                     help="tensorrt: largest image height or width the engine accepts (its optimisation profile)")
+    det.add_argument(
+        "--detector", choices=["c4", "fpn"], help="export the run's Faster R-CNN (its design) instead of a classifier"
+    )
+    det.add_argument(
+        "--score-thresh",
+        type=FRACTION,
+        help="drop detections scoring below this in the graph (default: the run's, 0.05)",
+    )
+    det.add_argument(
+        "--detections-per-image", type=POSITIVE_INT, help="keep at most this many per image (default: the run's, 100)"
+    )
+    det.add_argument(
+        "--max-image-side",
+        type=POSITIVE_INT,
+        default=2048,
+        help="tensorrt: largest image height or width the engine accepts (its optimisation profile)",
+    )
     trt = parser.add_argument_group("tensorrt")
     trt.add_argument("--opt-batch", type=POSITIVE_INT, default=8, help="profile batch TensorRT tunes for")
     trt.add_argument("--max-batch", type=POSITIVE_INT, default=32, help="largest batch of the profile")
-    trt.add_argument("--workspace-gib", type=POSITIVE, default=4.0, help="builder workspace memory limit in GiB (default: 4)")
+    trt.add_argument(
+        "--workspace-gib", type=POSITIVE, default=4.0, help="builder workspace memory limit in GiB (default: 4)"
+    )
     trt.add_argument("--timing-cache", type=Path, help="default <output>.timing.cache (reused when present)")
     return parser
 

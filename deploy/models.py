@@ -106,7 +106,9 @@ def prepare_model(arch: str, weights: str | Path | None = None, **constructor: A
             class_names = [f"class_{index}" for index in range(num_classes)]
     if len(class_names) != num_classes:
         raise ValueError(f"{arch} with weights {source}: {len(class_names)} class names for {num_classes} outputs")
-    sidecar_pre = from_zoo_preprocess(preprocessing) if preprocessing else _default_preprocessing(entry.family, channels)
+    sidecar_pre = (
+        from_zoo_preprocess(preprocessing) if preprocessing else _default_preprocessing(entry.family, channels)
+    )
     if sidecar_pre["channels"] != channels:
         raise ValueError(f"{arch} with weights {source}: preprocessing makes {sidecar_pre['channels']} channel(s), "
                          f"the model takes {channels}")  # fmt: skip

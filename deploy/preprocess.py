@@ -74,7 +74,9 @@ class ImageReader:
             out: list[torch.Tensor] = []
             for index, item in enumerate(images):
                 if isinstance(item, (list, tuple)):
-                    raise ImageInputError(f"images[{index}] is a nested {type(item).__name__}; pass a flat list of images")
+                    raise ImageInputError(
+                        f"images[{index}] is a nested {type(item).__name__}; pass a flat list of images"
+                    )
                 out += self._one_input(item, f"images[{index}]")
             return out
         return self._one_input(images, "the input")
@@ -112,7 +114,9 @@ class ImageReader:
             image = image.convert("L")
         tensor = F.pil_to_tensor(image)
         if tensor.shape[0] != self.channels:
-            raise ImageInputError(f"a {image.mode} image has {tensor.shape[0]} channel(s); the model takes {self.channels}")
+            raise ImageInputError(
+                f"a {image.mode} image has {tensor.shape[0]} channel(s); the model takes {self.channels}"
+            )
         return tensor.float().div_(255.0)
 
     def _from_array(self, array: torch.Tensor, where: str, channels_last: bool) -> list[torch.Tensor]:

@@ -100,13 +100,17 @@ def detect(output: Path) -> tuple[Row, Path, Path]:
     if not (data / "fashion_det.json").is_file():
         generate(data, train_images=0, force=True)  # the test canvases only: from the shipped test split
     model, config = load_detector(DETECTOR_ARCH, Path(DETECTOR))
-    results, _, _ = evaluate_test_set(model, "fashion-det", data, channels=config["channels"], results_dir=output / "detections")
+    results, _, _ = evaluate_test_set(
+        model, "fashion-det", data, channels=config["channels"], results_dir=output / "detections"
+    )
     voc, coco = results["voc"]["mAP"], results["coco"]
     print(f"{DETECTOR} on the 500 fashion-det test canvases: VOC07 mAP {voc:.1f}, COCO mAP@.5 {coco['AP50']:.1f}, "
           f"mAP@[.5,.95] {coco['AP']:.1f}")  # fmt: skip
     from detection.compare import compare
 
-    measured = f"{DETECTOR}, measured in this run: VOC07 mAP {voc:.1f}, COCO AP50 {coco['AP50']:.1f}, AP {coco['AP']:.1f}"
+    measured = (
+        f"{DETECTOR}, measured in this run: VOC07 mAP {voc:.1f}, COCO AP50 {coco['AP50']:.1f}, AP {coco['AP']:.1f}"
+    )
     picture = compare([Path(DETECTOR)], "fashion-det", data, output / "detections.png", images=6, titles=[measured])
     row = Row("detect", f"zoo {DETECTOR} (C4 Faster R-CNN), fashion-det test (500 canvases)",
               f"VOC07 mAP {voc:.1f}, COCO AP50 {coco['AP50']:.1f}, AP {coco['AP']:.1f}", time.perf_counter() - start)  # fmt: skip
@@ -176,7 +180,11 @@ def int8_images(test: Any, output: Path) -> dict[str, Any]:
         from backbones.datasets import load_fashion_mnist
 
         load_fashion_mnist(None, "train")
-        return {"calibration_dataset": "fashion-mnist", "eval_dataset": "fashion-mnist", "eval_images": INT8_CHECK_IMAGES}
+        return {
+            "calibration_dataset": "fashion-mnist",
+            "eval_dataset": "fashion-mnist",
+            "eval_images": INT8_CHECK_IMAGES,
+        }
     except FileNotFoundError:
         pass
     folder = output / "calibration-test-second-half"

@@ -169,7 +169,14 @@ class _Checker:
 
 def _names(types: type | tuple[type, ...]) -> str:
     types = types if isinstance(types, tuple) else (types,)
-    words = {str: "a string", int: "an integer", float: "a number", list: "a list", dict: "an object", bool: "a boolean"}
+    words = {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        list: "a list",
+        dict: "an object",
+        bool: "a boolean",
+    }
     return " or ".join(words.get(t, t.__name__) for t in types)
 
 
@@ -187,10 +194,16 @@ def _check_tensors(check: _Checker, field: str) -> list[dict[str, Any]]:
             raise check.fail(f"{where}.name", f"repeats the tensor name {name!r}")
         seen.add(name)
         shape = tensors[index].get("shape")
-        if not isinstance(shape, list) or not shape or not all(
-            (isinstance(d, int) and not isinstance(d, bool) and d > 0) or (isinstance(d, str) and d) for d in shape
+        if (
+            not isinstance(shape, list)
+            or not shape
+            or not all(
+                (isinstance(d, int) and not isinstance(d, bool) and d > 0) or (isinstance(d, str) and d) for d in shape
+            )
         ):
-            raise check.fail(f"{where}.shape", f"must be a non-empty list of positive sizes or axis names, got {shape!r}")
+            raise check.fail(
+                f"{where}.shape", f"must be a non-empty list of positive sizes or axis names, got {shape!r}"
+            )
         check.choice(f"{where}.dtype", DTYPES)
     return tensors
 
@@ -213,7 +226,9 @@ def _check_preprocessing(check: _Checker, input_shape: list[Any]) -> None:
     check.numbers("preprocessing.std", channels, positive=True)
     check.choice("preprocessing.layout", ("NCHW",))
     if len(input_shape) == 4 and isinstance(input_shape[1], int) and input_shape[1] != channels:
-        raise check.fail("preprocessing.channels", f"is {channels}, but input {input_shape} takes {input_shape[1]} channel(s)")
+        raise check.fail(
+            "preprocessing.channels", f"is {channels}, but input {input_shape} takes {input_shape[1]} channel(s)"
+        )
 
 
 def _check_classification(check: _Checker) -> None:
@@ -247,7 +262,9 @@ def _check_detector_preprocessing(check: _Checker, input_shape: list[Any]) -> No
     check.choice("preprocessing.type", ("detector_graph",))
     channels = check.positive_int("preprocessing.channels")
     if isinstance(input_shape[0], int) and input_shape[0] != channels:
-        raise check.fail("preprocessing.channels", f"is {channels}, but input {input_shape} takes {input_shape[0]} channel(s)")
+        raise check.fail(
+            "preprocessing.channels", f"is {channels}, but input {input_shape} takes {input_shape[0]} channel(s)"
+        )
     check.choice("preprocessing.layout", ("CHW",))
     if check.get("preprocessing.value_range") != [0, 1]:
         raise check.fail("preprocessing.value_range", "must be [0.0, 1.0] (the graph takes float images in [0, 1]), "
@@ -276,7 +293,9 @@ def _check_detection(check: _Checker) -> None:
     for role, rank in (("boxes", 2), ("labels", 1), ("scores", 1)):
         name = check.kind(f"postprocessing.{role}", str)
         if name not in by_name:
-            raise check.fail(f"postprocessing.{role}", f"names {name!r}, which is not among the outputs {list(by_name)}")
+            raise check.fail(
+                f"postprocessing.{role}", f"names {name!r}, which is not among the outputs {list(by_name)}"
+            )
         if len(by_name[name]["shape"]) != rank or (role == "boxes" and by_name[name]["shape"][1] != 4):
             raise check.fail(f"postprocessing.{role}", f"names output {name!r} of shape {by_name[name]['shape']}; "
                              f"{role} must be {'(detections, 4)' if role == 'boxes' else '(detections,)'}")  # fmt: skip
@@ -315,7 +334,9 @@ def _check_tensorrt(check: _Checker) -> None:
             if not all(isinstance(s, list) and all(isinstance(d, int) for d in s) for s in (low, opt, high)) or not (
                 len(low) == len(opt) == len(high) and all(a <= b <= c for a, b, c in zip(low, opt, high))
             ):
-                raise check.fail(f"{where}.{name}", f"needs equally long integer shapes with min <= opt <= max, got {shapes}")
+                raise check.fail(
+                    f"{where}.{name}", f"needs equally long integer shapes with min <= opt <= max, got {shapes}"
+                )
 
 
 def _check_openvino(check: _Checker) -> None:

@@ -38,8 +38,11 @@ from backbones.fileio import atomic_path, atomic_write_json, atomic_write_text
 
 from .sidecar import SidecarError, read_sidecar, sidecar_path, validate
 
-PLATFORMS = {"onnx": ("onnxruntime_onnx", "model.onnx"), "tensorrt": ("tensorrt_plan", "model.plan"),
-             "openvino": ("openvino", "model.xml")}  # the OpenVINO backend is named by "backend", not "platform"
+PLATFORMS = {
+    "onnx": ("onnxruntime_onnx", "model.onnx"),
+    "tensorrt": ("tensorrt_plan", "model.plan"),
+    "openvino": ("openvino", "model.xml"),
+}  # the OpenVINO backend is named by "backend", not "platform"
 DATA_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int8": "TYPE_INT8", "int32": "TYPE_INT32",
               "int64": "TYPE_INT64", "uint8": "TYPE_UINT8", "bool": "TYPE_BOOL"}  # fmt: skip
 KINDS = {"auto": "KIND_AUTO", "cpu": "KIND_CPU", "gpu": "KIND_GPU"}
@@ -250,13 +253,17 @@ def _check_onnx_graph(artifact: Path, sidecar: dict[str, Any]) -> None:
     for side in ("inputs", "outputs"):
         listed = [(t["name"], len(t["shape"])) for t in sidecar[side]]
         if listed != real[side]:
-            raise TritonError(f"{artifact}: the sidecar lists {side} {listed} (name, rank), the ONNX graph has {real[side]}")
+            raise TritonError(
+                f"{artifact}: the sidecar lists {side} {listed} (name, rank), the ONNX graph has {real[side]}"
+            )
 
 
 def _labels_text(class_names: list[str], artifact: Path) -> str:
     for index, label in enumerate(class_names):
         if "\n" in label or "\r" in label:
-            raise TritonError(f"{artifact}: class_names[{index}] {label!r} holds a line break; labels.txt takes one per line")
+            raise TritonError(
+                f"{artifact}: class_names[{index}] {label!r} holds a line break; labels.txt takes one per line"
+            )
     return "".join(label + "\n" for label in class_names)
 
 
@@ -338,8 +345,10 @@ def _umask() -> int:
 
 def _notes(sidecar: dict[str, Any]) -> list[str]:
     if sidecar["backend"] == "openvino" and sidecar["openvino"]["inference_precision"] != "bf16":
-        return ["Triton's OpenVINO backend cannot pin f32 (its only precision parameter is HINT_BF16): on a CPU with "
-                "AVX512-BF16 or AMX, OpenVINO may run this IR in bf16 there; deploy.load pins f32"]
+        return [
+            "Triton's OpenVINO backend cannot pin f32 (its only precision parameter is HINT_BF16): on a CPU with "
+            "AVX512-BF16 or AMX, OpenVINO may run this IR in bf16 there; deploy.load pins f32"
+        ]
     if sidecar["backend"] != "tensorrt":
         return []
     record = sidecar["tensorrt"]
@@ -363,11 +372,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "artifact with its sidecar")  # fmt: skip
     parser.add_argument("--repository", type=Path, required=True, help="the Triton model repository folder")
     parser.add_argument("--name", help="model name (default: the artifact's file name without suffix)")
-    parser.add_argument("--max-batch", type=COUNT, help=f"max_batch_size (0: no batching; default {DEFAULT_MAX_BATCH}, "
-                        "detectors 0: one image of any size per request)")
+    parser.add_argument(
+        "--max-batch",
+        type=COUNT,
+        help=f"max_batch_size (0: no batching; default {DEFAULT_MAX_BATCH}, "
+        "detectors 0: one image of any size per request)",
+    )
     parser.add_argument("--instances", type=POSITIVE_INT, default=1, help="model instances (per GPU for GPU instances)")
-    parser.add_argument("--preferred-batch", type=_batch_list, help="dynamic batching sizes (default 8,16 up to --max-batch)")
-    parser.add_argument("--max-queue-delay-us", type=COUNT, default=100, help="dynamic batching queue delay (microseconds)")
+    parser.add_argument(
+        "--preferred-batch", type=_batch_list, help="dynamic batching sizes (default 8,16 up to --max-batch)"
+    )
+    parser.add_argument(
+        "--max-queue-delay-us", type=COUNT, default=100, help="dynamic batching queue delay (microseconds)"
+    )
     parser.add_argument("--kind", choices=list(KINDS), default="auto", help="instance kind (TensorRT: always gpu)")
     parser.add_argument("--force", action="store_true", help="replace an existing model folder")
     return parser

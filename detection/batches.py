@@ -56,7 +56,9 @@ class _Samples(Dataset):
         target = dict(target)
         if self.train and self.drop_difficult and "difficult" in target and len(target["difficult"]):
             keep = ~target["difficult"]
-            target.update(boxes=target["boxes"][keep], labels=target["labels"][keep], difficult=target["difficult"][keep])
+            target.update(
+                boxes=target["boxes"][keep], labels=target["labels"][keep], difficult=target["difficult"][keep]
+            )
         x = to_model_input(image, self.channels)
         if self.train and torch.rand(1, generator=sample_generator(self.seed, epoch, index)).item() < 0.5:
             x, target = hflip(x, target)
@@ -92,7 +94,9 @@ class DetectionBatches:
         yield from self.loader
 
 
-def detection_step(model: torch.nn.Module, batch: tuple[list[torch.Tensor], list[dict[str, Any]]]) -> dict[str, torch.Tensor]:
+def detection_step(
+    model: torch.nn.Module, batch: tuple[list[torch.Tensor], list[dict[str, Any]]]
+) -> dict[str, torch.Tensor]:
     """The engine's step: torchvision's Faster R-CNN returns its four losses in training mode."""
     images, targets = batch
     losses = model(images, [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets])

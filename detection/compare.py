@@ -39,7 +39,9 @@ def run_title(run: Path, config: dict[str, Any]) -> str:
         return (f"{title}, zoo {record.id}: VOC07 mAP {scores.get('voc_mAP', float('nan')):.2f}, COCO AP50 "
                 f"{scores.get('coco_AP50', float('nan')):.2f}, AP {scores.get('coco_AP', float('nan')):.2f}")  # fmt: skip
     metrics = run / "metrics.jsonl"
-    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.is_file() else []
+    records = (
+        [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.is_file() else []
+    )
     evals = [r for r in records if r.get("kind") == "eval"]
     if evals and "voc_mAP" in evals[-1]:
         last = evals[-1]
@@ -60,8 +62,10 @@ def draw(image: torch.Tensor, target: dict[str, Any], found: dict[str, torch.Ten
         canvas = draw_bounding_boxes(canvas, target["boxes"] * scale, [names[int(label) - 1] for label in target["labels"]],
                                      colors="lime", width=2, **text)  # fmt: skip
     keep = found["scores"] >= threshold
-    labels = [f"{names[int(label) - 1]} {float(score):.2f}"
-              for label, score in zip(found["labels"][keep], found["scores"][keep])]
+    labels = [
+        f"{names[int(label) - 1]} {float(score):.2f}"
+        for label, score in zip(found["labels"][keep], found["scores"][keep])
+    ]
     if labels:
         canvas = draw_bounding_boxes(canvas, found["boxes"][keep] * scale, labels, colors="red", width=2, **text)
     return canvas
@@ -79,7 +83,9 @@ def compare(runs: list[Path], dataset: str, root: Path, output: Path, images: in
     if titles is not None and len(titles) != len(runs):
         raise ValueError(f"give one title per run: {len(titles)} titles for {len(runs)} runs")
     if images < 1 or scale < 1 or not 0 <= threshold <= 1:
-        raise ValueError(f"need --images >= 1, --scale >= 1 and --threshold in [0, 1]; got {images}, {scale}, {threshold}")
+        raise ValueError(
+            f"need --images >= 1, --scale >= 1 and --threshold in [0, 1]; got {images}, {scale}, {threshold}"
+        )
     test_set = next(iter(evaluation_sets(dataset, root).values()))
     count = min(images, len(test_set))
     samples = [test_set[index] for index in range(count)]
@@ -106,9 +112,13 @@ def compare(runs: list[Path], dataset: str, root: Path, output: Path, images: in
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m detection.compare", description=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("runs", nargs="+", type=Path, help="detection.train run directories or zoo detector ids, one row each")
+    parser.add_argument(
+        "runs", nargs="+", type=Path, help="detection.train run directories or zoo detector ids, one row each"
+    )
     parser.add_argument("--dataset", choices=TEST_DATASETS, required=True, help="test set the images come from")
-    parser.add_argument("--data-root", type=Path, required=True, help="its root (VOCdevkit, COCO root or fashion_det output)")
+    parser.add_argument(
+        "--data-root", type=Path, required=True, help="its root (VOCdevkit, COCO root or fashion_det output)"
+    )
     parser.add_argument("--output", type=Path, required=True, help="the PNG to write")
     parser.add_argument("--images", type=POSITIVE_INT, default=6, help="test images (columns), from the first")
     parser.add_argument("--threshold", type=FRACTION, default=0.5, help="draw detections scoring at least this")

@@ -590,8 +590,16 @@ def voc_dataset(
     spec = VOC_DATASETS[name]
     combined = len(spec) > 1
     parts = [
-        VOCDetection(devkit_root, year, image_set, class_names, keep_difficult, on_error,
-                     id_prefix=f"{year}_" if combined else "", transforms=transforms)  # fmt: skip
+        VOCDetection(
+            devkit_root,
+            year,
+            image_set,
+            class_names,
+            keep_difficult,
+            on_error,
+            id_prefix=f"{year}_" if combined else "",
+            transforms=transforms,
+        )  # fmt: skip
         for year, image_set in spec
     ]
     return VOCConcat(parts, name) if combined else parts[0]

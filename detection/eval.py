@@ -109,11 +109,15 @@ def coco_table(result: dict[str, float], label: str) -> str:
     for method, ap50, ap in PAPER_COCO:
         lines.append(f"{method + ' (paper, COCO val)':<34} {ap50:>8.1f} {ap:>13.1f}")
     lines.append(f"{label:<34} {result['AP50']:>8.1f} {result['AP']:>13.1f}")
-    lines.append(f"  AP75 {result['AP75']:.1f}  APs {result['APs']:.1f}  APm {result['APm']:.1f}  APl {result['APl']:.1f}")
+    lines.append(
+        f"  AP75 {result['AP75']:.1f}  APs {result['APs']:.1f}  APm {result['APm']:.1f}  APl {result['APl']:.1f}"
+    )
     return "\n".join(lines)
 
 
-def visualize(predictions: list[Prediction], dataset: Any, directory: Path, count: int, threshold: float = 0.5) -> list[Path]:
+def visualize(
+    predictions: list[Prediction], dataset: Any, directory: Path, count: int, threshold: float = 0.5
+) -> list[Path]:
     """PNGs with ground truth (green) and detections above ``threshold`` (red), labelled."""
     from PIL import Image
     from torchvision.utils import draw_bounding_boxes
@@ -126,8 +130,10 @@ def visualize(predictions: list[Prediction], dataset: Any, directory: Path, coun
                                      colors="lime", width=1)  # fmt: skip
         keep = prediction.scores >= threshold
         if keep.any():
-            labels = [f"{names[int(label) - 1]} {score:.2f}"
-                      for label, score in zip(prediction.labels[keep], prediction.scores[keep])]
+            labels = [
+                f"{names[int(label) - 1]} {score:.2f}"
+                for label, score in zip(prediction.labels[keep], prediction.scores[keep])
+            ]
             canvas = draw_bounding_boxes(canvas, torch.as_tensor(prediction.boxes[keep]), labels, colors="red", width=1)
         path = directory / f"{prediction.image_id}.png"
         with atomic_path(path) as tmp:
@@ -140,12 +146,16 @@ def score_precomputed(dataset: str, root: Path, detections: Path, metric: Metric
     sets = evaluation_sets(dataset, root)
     if detections.is_dir():
         if "voc" not in sets:
-            raise ValueError(f"{detections} is a directory of devkit files, but {dataset} is scored with COCO results JSON")
+            raise ValueError(
+                f"{detections} is a directory of devkit files, but {dataset} is scored with COCO results JSON"
+            )
         voc = sets["voc"]
         found = read_devkit_results(detections, "test", list(voc.class_names))
         return {"voc": evaluate_detections(found, voc.evaluation_ground_truth(), list(voc.class_names), metric)}
     if "coco" not in sets:
-        raise ValueError(f"{detections} is a file; {dataset} is scored from a directory of comp4_det_test_<class>.txt files")
+        raise ValueError(
+            f"{detections} is a file; {dataset} is scored from a directory of comp4_det_test_<class>.txt files"
+        )
     return {"coco": evaluate_coco(sets["coco"].evaluation_ground_truth(), detections)}
 
 
@@ -182,7 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "for a torchvision checkpoint FILE: STEM-eval-DATASET beside it)")  # fmt: skip
     parser.add_argument("--json", type=Path, help="write the numbers (percent) as JSON")
     parser.add_argument("--visualize", type=COUNT, default=0, metavar="N", help="write N annotated PNGs")
-    parser.add_argument("--device", default="auto", help="auto (cuda when there is a GPU), cpu, cuda, cuda:N (default: auto)")
+    parser.add_argument(
+        "--device", default="auto", help="auto (cuda when there is a GPU), cpu, cuda, cuda:N (default: auto)"
+    )
     parser.add_argument("--batch-size", type=POSITIVE_INT, default=4, help="images per forward pass (default: 4)")
     return parser
 
@@ -227,7 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     if "coco" in results:
         print(coco_table(results["coco"], label))
     if args.json:
-        payload = results["voc"] if list(results) == ["voc"] else results["coco"] if list(results) == ["coco"] else results
+        payload = (
+            results["voc"] if list(results) == ["voc"] else results["coco"] if list(results) == ["coco"] else results
+        )
         atomic_write_json(args.json, payload)
     return 0
 

@@ -253,13 +253,17 @@ def _coco_annotation(annotation_id: int, image_id: int, item: PlacedItem) -> dic
 
 def _coco_document(images: list[dict[str, Any]], annotations: list[dict[str, Any]], seed: int) -> dict[str, Any]:
     return {
-        "info": {"description": "fashion_det: Fashion-MNIST items composited onto canvases", "version": "1",
-                 "seed": seed},  # fmt: skip
+        "info": {
+            "description": "fashion_det: Fashion-MNIST items composited onto canvases",
+            "version": "1",
+            "seed": seed,
+        },  # fmt: skip
         "licenses": [],
         "images": images,
         "annotations": annotations,
-        "categories": [{"id": i + 1, "name": name, "supercategory": "fashion"}
-                       for i, name in enumerate(FASHION_DET_CLASSES)],  # fmt: skip
+        "categories": [
+            {"id": i + 1, "name": name, "supercategory": "fashion"} for i, name in enumerate(FASHION_DET_CLASSES)
+        ],  # fmt: skip
     }
 
 
@@ -455,9 +459,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--min-size", type=int, default=defaults.min_size, help="smallest item side in pixels")
     parser.add_argument("--max-size", type=int, default=defaults.max_size, help="largest item side in pixels")
     parser.add_argument("--max-objects", type=int, default=defaults.max_objects, help="most items per canvas")
-    parser.add_argument("--fashion-mnist", type=Path, default=None,
-                        help=f"directory of the official Fashion-MNIST IDX files (default {FASHION_MNIST_DIR}; the test "
-                        "split also ships with the package, so --train-images 0 needs no download)")
+    parser.add_argument(
+        "--fashion-mnist",
+        type=Path,
+        default=None,
+        help=f"directory of the official Fashion-MNIST IDX files (default {FASHION_MNIST_DIR}; the test "
+        "split also ships with the package, so --train-images 0 needs no download)",
+    )
     parser.add_argument("--force", action="store_true", help="replace an earlier output in a non-empty directory")
     args = parser.parse_args(argv)
     try:

@@ -80,7 +80,9 @@ def score_coco(predictions: list[Prediction], dataset: Any, results_file: Path |
     """pycocotools' bbox AP; with ``results_file``, also the results JSON."""
     detections = []
     for prediction in predictions:
-        detections += dataset.to_coco_results(prediction.image_id, prediction.boxes, prediction.scores, prediction.labels)
+        detections += dataset.to_coco_results(
+            prediction.image_id, prediction.boxes, prediction.scores, prediction.labels
+        )
     if results_file is not None:
         write_coco_results(results_file, detections)
     return evaluate_coco(dataset.evaluation_ground_truth(), detections)

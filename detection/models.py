@@ -68,7 +68,9 @@ def freeze_stages(backbone: ResNet, freeze_at: int) -> None:
     """Stop gradients to the stem (freeze_at >= 1) and to the first freeze_at-1 stages."""
     stages = backbone.stage_names
     if not 0 <= freeze_at <= len(stages):
-        raise ValueError(f"freeze_at must lie in [0, {len(stages)}] for {backbone.name} (stages {stages}), got {freeze_at}")
+        raise ValueError(
+            f"freeze_at must lie in [0, {len(stages)}] for {backbone.name} (stages {stages}), got {freeze_at}"
+        )
     frozen = ([*STEM_MODULES] if freeze_at >= 1 else []) + stages[: max(0, freeze_at - 1)]
     for name in frozen:
         for parameter in getattr(backbone, name).parameters():

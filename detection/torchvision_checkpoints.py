@@ -107,7 +107,9 @@ def _what_it_is(state: Mapping[str, torch.Tensor]) -> str:
 
 def _resnet_arch(state: Mapping[str, torch.Tensor], source: str) -> str:
     """The zoo ResNet whose layout the checkpoint's ``backbone.body`` has."""
-    body = {key.removeprefix("backbone.body."): value for key, value in state.items() if key.startswith("backbone.body.")}
+    body = {
+        key.removeprefix("backbone.body."): value for key, value in state.items() if key.startswith("backbone.body.")
+    }
     blocks = []
     for stage in range(1, 5):
         indices = {int(m.group(1)) for key in body if (m := re.match(rf"layer{stage}\.(\d+)\.", key))}
@@ -127,7 +129,9 @@ def identify_state_dict(state: Mapping[str, torch.Tensor], source: str) -> Torch
     fpn_detector = (_has(keys, "backbone.body.") and _has(keys, "backbone.fpn.") and _has(keys, "rpn.head.")
                     and "roi_heads.box_predictor.cls_score.weight" in keys)  # fmt: skip
     if not fpn_detector or _has(keys, "roi_heads.mask_") or _has(keys, "roi_heads.keypoint_"):
-        raise NotATorchvisionDetector(f"{source}: not a torchvision Faster R-CNN checkpoint: found {_what_it_is(state)}")
+        raise NotATorchvisionDetector(
+            f"{source}: not a torchvision Faster R-CNN checkpoint: found {_what_it_is(state)}"
+        )
     parts = {"rpn_conv_depth": sum(1 for key in keys if re.fullmatch(r"rpn\.head\.conv\.\d+\.0\.weight", key)),
              "fpn_batchnorm": "backbone.fpn.inner_blocks.0.1.weight" in keys,
              "box_head": "mlp" if "roi_heads.box_head.fc6.weight" in keys else "conv_fc"}  # fmt: skip
@@ -135,7 +139,10 @@ def identify_state_dict(state: Mapping[str, torch.Tensor], source: str) -> Torch
     if not versions:
         raise NotATorchvisionDetector(f"{source}: a Faster R-CNN with parts {parts}, neither torchvision's v1 "
                                       f"{TORCHVISION_FPN_PARTS['v1']} nor v2 {TORCHVISION_FPN_PARTS['v2']}")  # fmt: skip
-    scores, deltas = state["roi_heads.box_predictor.cls_score.weight"], state.get("roi_heads.box_predictor.bbox_pred.weight")
+    scores, deltas = (
+        state["roi_heads.box_predictor.cls_score.weight"],
+        state.get("roi_heads.box_predictor.bbox_pred.weight"),
+    )
     if scores.dim() != 2 or deltas is None or deltas.shape[0] != 4 * scores.shape[0]:
         found = "missing" if deltas is None else tuple(deltas.shape)
         raise NotATorchvisionDetector(f"{source}: roi_heads.box_predictor.cls_score.weight has shape {tuple(scores.shape)} "
@@ -221,9 +228,14 @@ def load_into_new_detector(model: nn.Module, state: Mapping[str, torch.Tensor], 
     predictor = {key for key in expected if key.startswith(CLASS_LAYERS)}
     if category_ids is not None and detector.is_coco:
         labels = [0, *category_ids]
-        state = {**state, **{key: _class_rows(state[key], labels, 4 if ".bbox_pred." in key else 1) for key in predictor}}
+        state = {
+            **state,
+            **{key: _class_rows(state[key], labels, 4 if ".bbox_pred." in key else 1) for key in predictor},
+        }
     refit = sorted(key for key in predictor if state[key].shape != expected[key].shape)
     fitting = {key: value for key, value in state.items() if key not in refit}
-    check_state_dict(model, {**fitting, **{key: expected[key] for key in refit}}, source)  # all but the class layers fit
+    check_state_dict(
+        model, {**fitting, **{key: expected[key] for key in refit}}, source
+    )  # all but the class layers fit
     model.load_state_dict(fitting, strict=False)
     return refit

@@ -83,10 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
                         help="mixed precision autocast; fp16 adds a grad scaler")  # fmt: skip
     parser.add_argument("--workers", type=COUNT, default=2, help="DataLoader workers decoding images")
-    parser.add_argument("--seed", type=COUNT, default=0, help="seeds the new layers' initial weights, the data order and the flips")
+    parser.add_argument(
+        "--seed", type=COUNT, default=0, help="seeds the new layers' initial weights, the data order and the flips"
+    )
     parser.add_argument("--log-every", type=POSITIVE_INT, default=20, help="iterations between logged training metrics")
     parser.add_argument("--checkpoint-every", type=POSITIVE_INT, default=500, help="iterations between checkpoints")
-    parser.add_argument("--eval-every", type=POSITIVE_INT, help="iterations between test-set evaluations (default: at the end)")
+    parser.add_argument(
+        "--eval-every", type=POSITIVE_INT, help="iterations between test-set evaluations (default: at the end)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     return parser
 
@@ -201,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                   world_size=ctx.world_size)  # fmt: skip
     source = DetectionBatches(train_set, config["images_per_batch"], train=True, channels=channels, seed=args.seed,
                               rank=ctx.rank, world_size=ctx.world_size, num_workers=args.workers)  # fmt: skip
+
     def evaluate_fn(m: torch.nn.Module) -> dict[str, float]:
         # fp32 even when training in bf16/fp16: half-precision box coordinates (bf16: 0.5 px steps at 100 px)
         # would cost AP at the strict IoU thresholds of COCO's mAP@[.5,.95]
@@ -213,24 +218,40 @@ def main(argv: list[str] | None = None) -> int:
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=config["lr"], momentum=args.momentum, weight_decay=args.weight_decay)
-    schedule = LRSchedule(config["lr"], "step", config["max_iters"], config["steps"], warmup_iters=config["warmup_iters"])
+    schedule = LRSchedule(
+        config["lr"], "step", config["max_iters"], config["steps"], warmup_iters=config["warmup_iters"]
+    )
     engine_config = EngineConfig(output, config["max_iters"], log_every=args.log_every,
                                  eval_every=args.eval_every or config["max_iters"], checkpoint_every=args.checkpoint_every,
                                  amp=args.amp, progress=not args.no_progress, monitor="none")  # fmt: skip
     config["engine"] = engine_config_dict(engine_config)
-    trainer = Trainer(model, optimizer, schedule, source, detection_step, engine_config,
-                      evaluate_fn=evaluate_fn if ctx.is_main and test_name else None, ctx=ctx, run_config=config)
+    trainer = Trainer(
+        model,
+        optimizer,
+        schedule,
+        source,
+        detection_step,
+        engine_config,
+        evaluate_fn=evaluate_fn if ctx.is_main and test_name else None,
+        ctx=ctx,
+        run_config=config,
+    )
     if ctx.is_main:
         output.mkdir(parents=True, exist_ok=True)
         if not args.resume:
             atomic_write_json(output / "config.json", config, default=str)
         if "init" in config:
             init_record = config["init"]
-            kept = ("all weights, the class layers' rows picked by COCO category id"
-                    if init_record["class_rows_by_category_id"] else "all weights")
+            kept = (
+                "all weights, the class layers' rows picked by COCO category id"
+                if init_record["class_rows_by_category_id"]
+                else "all weights"
+            )
             if init_record["reinitialised"]:
-                kept = (f"all weights but the class layers, re-initialised for {len(class_names) + 1} outputs "
-                        f"instead of {init_record['num_classes']}: {', '.join(init_record['reinitialised'])}")
+                kept = (
+                    f"all weights but the class layers, re-initialised for {len(class_names) + 1} outputs "
+                    f"instead of {init_record['num_classes']}: {', '.join(init_record['reinitialised'])}"
+                )
             log.info("initialised from %s (torchvision %s): %s", args.init, init_record["checkpoint"], kept)
         log.info("training %s Faster R-CNN (%s) on %s: %d images, %d classes, %d iterations of %d images, lr %g -> %s",
                  args.backbone, config["design"], args.dataset, len(train_set), len(class_names), config["max_iters"],
@@ -244,8 +265,11 @@ def main(argv: list[str] | None = None) -> int:
         cleanup(ctx)
         return stopped.exit_code
     if ctx.is_main:
-        save_weights(trainer.model, output / "final.safetensors", metadata={"backbone": args.backbone,
-                                                                                 "design": config["design"]})
+        save_weights(
+            trainer.model,
+            output / "final.safetensors",
+            metadata={"backbone": args.backbone, "design": config["design"]},
+        )
         scores = ", ".join(f"{k} {v:.1f}" for k, v in final.items())
         print(f"{args.backbone} {config['design']} on {args.dataset} after {trainer.iteration} iterations: "
               f"{test_name or 'no test set'} {scores}")  # fmt: skip

@@ -153,9 +153,7 @@ class ClassDetections:
     boxes: np.ndarray
 
     @classmethod
-    def create(
-        cls, image_ids: Sequence[Any], scores: Any, boxes: Any, *, what: str = "detections"
-    ) -> ClassDetections:
+    def create(cls, image_ids: Sequence[Any], scores: Any, boxes: Any, *, what: str = "detections") -> ClassDetections:
         ids = tuple(str(i) for i in image_ids)
         s = _to_numpy(scores).astype(np.float64, copy=False).reshape(-1)
         b = _as_boxes(boxes, what)

@@ -27,7 +27,19 @@ CONFIG_KEYS = ("backbone", "backbone_weights", "design", "freeze_at", "dataset",
                "image_mean", "image_std")  # fmt: skip
 RECIPE_KEYS = ("images_per_batch", "lr", "steps", "max_iters", "warmup_iters", "momentum", "weight_decay", "seed", "amp",
                "world_size")  # fmt: skip
-_REQUIRED = ("id", "backbone", "design", "dataset", "class_names", "config", "recipe", "metrics", "file", "sha256", "size")
+_REQUIRED = (
+    "id",
+    "backbone",
+    "design",
+    "dataset",
+    "class_names",
+    "config",
+    "recipe",
+    "metrics",
+    "file",
+    "sha256",
+    "size",
+)
 
 
 @dataclass(frozen=True)
@@ -54,8 +66,12 @@ def read_detectors(path: str | Path | None = None) -> dict[str, DetectorRecord]:
     records: dict[str, DetectorRecord] = {}
     for where, entry in manifest_entries(path, SECTION, _REQUIRED, optional_section=True):
         if not isinstance(entry["config"], dict) or not {"design", "model", "class_names"} <= set(entry["config"]):
-            raise ValueError(f"{where} ({entry['id']}): field 'config' must hold the run's design, model and class_names")
-        records[entry["id"]] = DetectorRecord(**{key: entry[key] for key in _REQUIRED}, path=path.parent / entry["file"])
+            raise ValueError(
+                f"{where} ({entry['id']}): field 'config' must hold the run's design, model and class_names"
+            )
+        records[entry["id"]] = DetectorRecord(
+            **{key: entry[key] for key in _REQUIRED}, path=path.parent / entry["file"]
+        )
     return records
 
 
@@ -68,7 +84,9 @@ def zoo_detector(zoo_id: str) -> tuple[dict[str, Any], Path] | None:
     return dict(record.config), record.path
 
 
-def add_run(run_dir: Path, zoo_id: str, data_root: Path, zoo: Path | None = None, device: str = "auto") -> dict[str, Any]:
+def add_run(
+    run_dir: Path, zoo_id: str, data_root: Path, zoo: Path | None = None, device: str = "auto"
+) -> dict[str, Any]:
     """Evaluate a finished detection.train run on its test set and add it to the zoo."""
     from backbones.distributed import pick_device
 
@@ -82,10 +100,14 @@ def add_run(run_dir: Path, zoo_id: str, data_root: Path, zoo: Path | None = None
         raise ValueError(f"{zoo}: detector id {zoo_id!r} already exists")
     test_set = TEST_FOR_TRAIN.get(config.get("dataset", ""))
     if test_set is None:
-        raise ValueError(f"{run_dir}: trained on {config.get('dataset')!r}, which has no public test set to measure it on")
+        raise ValueError(
+            f"{run_dir}: trained on {config.get('dataset')!r}, which has no public test set to measure it on"
+        )
     model, config = load_detector(config["backbone"], run_dir)
     device_ = pick_device(device)
-    results, _, _ = evaluate_test_set(model.to(device_), test_set, data_root, channels=config["channels"], device=device_)
+    results, _, _ = evaluate_test_set(
+        model.to(device_), test_set, data_root, channels=config["channels"], device=device_
+    )
     metrics: dict[str, Any] = {"split": "test", "dataset": test_set,
                                "command": f"python -m detection.eval --backbone {config['backbone']} --weights {zoo_id} "
                                           f"--dataset {test_set} --data-root {data_root}"}  # fmt: skip
@@ -110,7 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     add = commands.add_parser("add", help="evaluate a finished detection.train run and add it to the zoo")
     add.add_argument("run_dir", type=Path, help="a finished detection.train output directory (config.json and "
                      "final.safetensors)")  # fmt: skip
-    add.add_argument("--id", required=True, help="zoo id, e.g. det_resnet20_c4_fashion_det; becomes weights/ID.safetensors")
+    add.add_argument(
+        "--id", required=True, help="zoo id, e.g. det_resnet20_c4_fashion_det; becomes weights/ID.safetensors"
+    )
     add.add_argument("--data-root", type=Path, required=True, help="where the run's test set lives (e.g. the "
                      "fashion_det output, a VOCdevkit, the COCO root)")  # fmt: skip
     add.add_argument("--device", default="auto", help="where the evaluation runs: auto (cuda if present), cpu, cuda, "
@@ -122,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "list":
         for record in read_detectors().values():
-            scores = ", ".join(f"{k} {v}" for k, v in record.metrics.items() if k in ("voc_mAP", "coco_AP", "coco_AP50"))
+            scores = ", ".join(
+                f"{k} {v}" for k, v in record.metrics.items() if k in ("voc_mAP", "coco_AP", "coco_AP50")
+            )
             print(f"{record.id:<32} {record.backbone} {record.design.upper():<4} {record.dataset:<12} {scores}  "
                   f"({record.metrics.get('command')})")  # fmt: skip
         return 0

@@ -201,7 +201,8 @@ def _fails(argv, capsys) -> str:
 def test_bad_responses_input_is_one_clear_line(runs, tmp_path, capsys):
     out = ["--dataset", "synthetic", "--images", "4", "--output", str(tmp_path / "x.png")]
     assert _fails(["responses", f"resnet20={runs['resnet20']}", "--train-window", "10", *out], capsys).endswith(
-        "error: --train-window: only for training curves, not for 'responses'")
+        "error: --train-window: only for training curves, not for 'responses'"
+    )
     message = _fails(["responses", "resnet20=no_such_zoo_id", *out], capsys)
     assert message.startswith("error: weights 'no_such_zoo_id' is neither a file nor a zoo id in ")
     message = _fails(["responses", "resnet20=plain20_fashion_mnist_6ep", *out], capsys)
@@ -219,16 +220,19 @@ def test_bad_responses_input_is_one_clear_line(runs, tmp_path, capsys):
                        "(use a zoo id or a run directory)")  # fmt: skip
     assert _fails(["responses", "resnet21=x", *out], capsys).startswith("error: unknown model 'resnet21'; closest: ")
     assert _fails(["responses", "resnet20", *out], capsys) == (
-        "error: 'resnet20': expected NET=WEIGHTS or LABEL=NET=WEIGHTS (e.g. plain20=plain20_fashion_mnist_6ep)")
+        "error: 'resnet20': expected NET=WEIGHTS or LABEL=NET=WEIGHTS (e.g. plain20=plain20_fashion_mnist_6ep)"
+    )
     message = _fails(["responses", f"resnet20={runs['resnet20']}", *out[:2], "--images", "5000", *out[4:]], capsys)
     assert message == "error: --images 5000: synthetic's test split has 1000 images"
     message = _fails(["responses", f"resnet20={runs['resnet20']}", "--output", "x.png"], capsys)
     assert message.endswith("error: responses needs --dataset (fashion-mnist, cifar10, synthetic)")
     assert _fails(["responses", *out], capsys).endswith(
         "error: responses: give nets as NET=WEIGHTS (e.g. plain20=plain20_fashion_mnist_6ep), or --panel TITLE "
-        "NET=WEIGHTS ...")
-    assert _fails(["responses", f"resnet20={runs['resnet20']}", *out[:2], "--images", "0", *out[4:]], capsys) \
-        .endswith("error: argument --images: must be > 0, got 0")
+        "NET=WEIGHTS ..."
+    )
+    assert _fails(["responses", f"resnet20={runs['resnet20']}", *out[:2], "--images", "0", *out[4:]], capsys).endswith(
+        "error: argument --images: must be > 0, got 0"
+    )
     assert not (tmp_path / "x.png").exists()
 
 
@@ -247,7 +251,8 @@ def test_final_errors_average_the_training_window_and_keep_the_last_test_error()
     records += [{"kind": "eval", "iteration": 150, "top1_err": 12.0}, {"kind": "segment", "iteration": 0},
                 {"kind": "eval", "iteration": 300, "top1_err": 14.0}]  # fmt: skip
     assert final_errors(records, train_window=200) == pytest.approx(
-        {"iterations": 300, "train_err": 15.0, "test_err": 14.0, "best_eval_err": 12.0, "best_eval_iteration": 150})
+        {"iterations": 300, "train_err": 15.0, "test_err": 14.0, "best_eval_err": 12.0, "best_eval_iteration": 150}
+    )
     assert final_errors(records, train_window=1)["train_err"] == pytest.approx(10.0)
     assert final_errors(records, train_window=150)["train_err"] == pytest.approx((50 * 20 + 100 * 10) / 150)
     # a run logged every 100 iterations, then every 500 (another machine): each record weighs what it covers
@@ -258,7 +263,12 @@ def test_final_errors_average_the_training_window_and_keep_the_last_test_error()
     validated = [*records, {"kind": "test", "iteration": 300, "top1_err": 13.5}]
     assert final_errors(validated, 200)["test_err"] == 13.5 and final_errors(validated, 200)["best_eval_err"] == 12.0
     assert final_errors([{"kind": "train", "iteration": 5, "error": 0.5}], 10) == {
-        "iterations": 5, "train_err": 50.0, "test_err": None, "best_eval_err": None, "best_eval_iteration": None}
+        "iterations": 5,
+        "train_err": 50.0,
+        "test_err": None,
+        "best_eval_err": None,
+        "best_eval_iteration": None,
+    }
 
 
 def test_training_curves_keep_their_command_line(tmp_path, capsys):

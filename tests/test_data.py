@@ -56,7 +56,9 @@ def test_malformed_idx_files_name_the_file_and_problem(tiny_fashion_mnist):
         load_fashion_mnist(tiny_fashion_mnist / "nowhere", "test")
 
 
-@pytest.mark.skipif(not (FASHION_MNIST_DIR / "t10k-labels-idx1-ubyte.gz").exists(), reason="dataset-fashion-mnist not installed")
+@pytest.mark.skipif(
+    not (FASHION_MNIST_DIR / "t10k-labels-idx1-ubyte.gz").exists(), reason="dataset-fashion-mnist not installed"
+)
 def test_real_fashion_mnist_test_split():
     test = load_fashion_mnist(split="test")
     assert test.images.shape == (10000, 1, 28, 28)
@@ -264,7 +266,11 @@ def test_step_cosine_and_plateau_schedules():
     step = LRSchedule(0.1, "step", 100, [50, 75])
     assert [step.lr(i) for i in (0, 49, 50, 74, 75, 99)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
     cosine = LRSchedule(0.1, "cosine", 100)
-    assert cosine.lr(0) == pytest.approx(0.1) and cosine.lr(50) == pytest.approx(0.05) and cosine.lr(100) == pytest.approx(0)
+    assert (
+        cosine.lr(0) == pytest.approx(0.1)
+        and cosine.lr(50) == pytest.approx(0.05)
+        and cosine.lr(100) == pytest.approx(0)
+    )
     plateau = LRSchedule(0.1, "plateau", 100, patience=1)
     for error in (50, 40, 40.0, 40.0):
         plateau.observe_validation(error)

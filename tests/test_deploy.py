@@ -327,7 +327,10 @@ def _mutations():
         "mean length": (setter("preprocessing.mean", [0.5]), r"field 'preprocessing.mean' must list 3 number"),
         "zero std": (setter("preprocessing.std", [0.2, 0, 0.2]), "field 'preprocessing.std' must hold positive"),
         "crop too big": (setter("preprocessing.resize", 100), "field 'preprocessing.resize' .* must be at least"),
-        "class count": (setter("class_names", ["a", "b"]), "field 'class_names' lists 2 names, but output 'logits' has 1000"),
+        "class count": (
+            setter("class_names", ["a", "b"]),
+            "field 'class_names' lists 2 names, but output 'logits' has 1000",
+        ),
         "dtype": (lambda d: d["inputs"][0].update(dtype="float64"), r"field 'inputs\[0\].dtype' must be one of"),
         "shape": (lambda d: d["inputs"][0].update(shape=["batch", 3, 0, 224]), r"field 'inputs\[0\].shape' must be"),
         "postprocessing output": (setter("postprocessing.output", "probs"), "names 'probs', which is not among"),
@@ -433,7 +436,10 @@ def test_tensorrt_round_trip(precision, tmp_path):
     reference = create_model("resnet18")
     for batch in (1, 7):
         x = predictor.preprocess(natural_images(batch, 224, 3, seed=batch))
-        assert _rel(predictor.backend(x), _eager_logits(reference, x)) <= {"fp32": 1e-4, "fp16": 2e-2, "int8": 0.5}[precision]
+        assert (
+            _rel(predictor.backend(x), _eager_logits(reference, x))
+            <= {"fp32": 1e-4, "fp16": 2e-2, "int8": 0.5}[precision]
+        )
     stale = json.loads(sidecar_path(out).read_text())
     stale["tensorrt"]["version"] = "10.13.0"
     sidecar_path(out).write_text(json.dumps(stale))
@@ -524,5 +530,7 @@ def test_parity_check_refuses_an_artifact_that_returns_nan():
         return y
 
     assert check_parity(reference, lambda x: reference(x).detach(), batches, 1e-5, "same")["rel_error"] == 0.0
-    with pytest.raises(ExportError, match=r"nan: the artifact does not match PyTorch: relative error inf .*max abs error inf"):
+    with pytest.raises(
+        ExportError, match=r"nan: the artifact does not match PyTorch: relative error inf .*max abs error inf"
+    ):
         check_parity(reference, one_nan, batches, 1e-5, "nan")

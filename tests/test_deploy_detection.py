@@ -76,8 +76,10 @@ def make_run(root: Path, arch: str, design: str, seed: int = 0) -> Path:
         return hook
 
     predictor = model.roi_heads.box_predictor
-    hooks = [model.rpn.head.cls_logits.register_forward_hook(keep("rpn")),
-             predictor.cls_score.register_forward_hook(keep("box"))]
+    hooks = [
+        model.rpn.head.cls_logits.register_forward_hook(keep("rpn")),
+        predictor.cls_score.register_forward_hook(keep("box")),
+    ]
     with torch.no_grad():
         model([natural_images(1, (MIN_SIZE, MIN_SIZE + 20), 3, seed=99)[0].float() / 255])
         for hook in hooks:
@@ -105,7 +107,9 @@ def _as_tensors(found: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Te
 
 
 def _assert_same(reference: list[dict], got: list[dict], max_detections: int = 100) -> dict:
-    report = match_detections(_as_tensors(reference), _as_tensors(got), score_thresh=0.05, max_detections=max_detections)
+    report = match_detections(
+        _as_tensors(reference), _as_tensors(got), score_thresh=0.05, max_detections=max_detections
+    )
     assert not report["unmatched"] and not report["extra"], report
     assert report["compared"] >= 5 and report["max_box_error_px"] < 1.0
     return report
@@ -143,7 +147,9 @@ def test_resnet20_round_trip_at_two_sizes_and_the_float32_resize_trap(design, ru
     assert not [t.name for t in graph.initializer if t.data_type == double]
 
     artifact, eager = deploy.load(result.artifact), deploy.load(runs[design])
-    assert isinstance(artifact, DetectionPredictor) and artifact.backend.name == "onnx" and eager.backend.name == "eager"
+    assert (
+        isinstance(artifact, DetectionPredictor) and artifact.backend.name == "onnx" and eager.backend.name == "eager"
+    )
     for size, seed in ((FLOAT32_RESIZE_TRAP, 1), ((83, 86), 2)):
         image = _image(size, seed)
         _assert_same(eager.predict(image)[0], artifact.predict(image)[0])
@@ -209,7 +215,9 @@ def test_exact_resize_matches_eager_sizes(tmp_path):
                               input_names=["image"], output_names=["resized"],
                               dynamic_axes={"image": {1: "h", 2: "w"}, "resized": {1: "h", 2: "w"}})  # fmt: skip
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        shapes[name] = [session.run(None, {"image": np.random.rand(3, *s).astype(np.float32)})[0].shape[1:] for s in sizes]
+        shapes[name] = [
+            session.run(None, {"image": np.random.rand(3, *s).astype(np.float32)})[0].shape[1:] for s in sizes
+        ]
     eager = [tuple(stock.resize(torch.rand(3, *s))[0].shape[1:]) for s in sizes]
     assert shapes["exact"] == eager
     assert shapes["stock"][0] == (169, 127) and eager[0] == (169, 128)  # why ExactResizeTransform exists
@@ -283,7 +291,9 @@ def test_export_mismatch_fails_and_leaves_nothing(runs, tmp_path, monkeypatch):
 
     monkeypatch.setattr(backends.OnnxDetectionBackend, "__call__", shifted)
     out = tmp_path / "bad.onnx"
-    with pytest.raises(ExportError, match=r"does not match PyTorch.*no match in the artifact.*nearest box off by 2\.00 px"):
+    with pytest.raises(
+        ExportError, match=r"does not match PyTorch.*no match in the artifact.*nearest box off by 2\.00 px"
+    ):
         export_model("resnet20", runs["c4"], out, detector="c4")
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no artifact, no sidecar, no temporary folder
 
@@ -361,7 +371,9 @@ def test_detector_sidecar_problems_name_file_and_field(exported, tmp_path):
     # and through deploy.load, from the file
     copy = tmp_path / "r20.onnx"
     copy.write_bytes(source.artifact.read_bytes())
-    missing = {k: v for k, v in data.items() if k != "class_names"} | {"artifact": {**data["artifact"], "file": copy.name}}
+    missing = {k: v for k, v in data.items() if k != "class_names"} | {
+        "artifact": {**data["artifact"], "file": copy.name}
+    }
     sidecar_path(copy).write_text(json.dumps(missing))
     with pytest.raises(SidecarError, match=r"r20\.onnx\.json: field 'class_names' is missing"):
         deploy.load(copy)
@@ -382,13 +394,18 @@ def test_classifier_given_detector_options_and_other_bad_requests(runs, tmp_path
         export_model("resnet18", runs["c4"], tmp_path / "d.onnx", detector="c4")
     with pytest.raises(ValueError, match="needs --weights RUN_DIR"):
         export_model("resnet20", None, tmp_path / "d.onnx", detector="c4")
-    with pytest.raises(ValueError, match=r"detectors export to ONNX, OpenVINO or TensorRT \(--format onnx\|openvino\|tensorrt\), not 'aoti'"):
+    with pytest.raises(
+        ValueError,
+        match=r"detectors export to ONNX, OpenVINO or TensorRT \(--format onnx\|openvino\|tensorrt\), not 'aoti'",
+    ):
         export_model("resnet20", runs["c4"], tmp_path / "d.pt2", detector="c4", format="aoti")
     with pytest.raises(ValueError, match=r"support precision \['fp32', 'fp16', 'int8'\], not 'bf16'"):
         export_model("resnet20", runs["c4"], tmp_path / "d.engine", detector="c4", format="tensorrt", precision="bf16")
     with pytest.raises(ValueError, match=r"d\.onnx: a detector tensorrt artifact must end in \.engine or \.plan"):
         export_model("resnet20", runs["c4"], tmp_path / "d.onnx", detector="c4", format="tensorrt")
-    with pytest.raises(ValueError, match=r"a fp16 detector is checked by the mAP it keeps against fp32: give --eval-dataset"):
+    with pytest.raises(
+        ValueError, match=r"a fp16 detector is checked by the mAP it keeps against fp32: give --eval-dataset"
+    ):
         export_model("resnet20", runs["c4"], tmp_path / "d.onnx", detector="c4", precision="fp16")
     with pytest.raises(ValueError, match=r"an int8 detector needs calibration images"):
         export_model("resnet20", runs["c4"], tmp_path / "d.onnx", detector="c4", precision="int8",
@@ -424,7 +441,9 @@ def _topk_ks(path: Path) -> list[int | None]:
     """K of every TopK node: its value where K is a constant (initializer or Constant node), else None."""
     graph = onnx.load(str(path)).graph
     constants = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
-    constants |= {n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t) for n in graph.node if n.op_type == "Constant"}
+    constants |= {
+        n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t) for n in graph.node if n.op_type == "Constant"
+    }
     return [int(constants[n.input[1]].item()) if n.input[1] in constants else None
             for n in graph.node if n.op_type == "TopK"]  # fmt: skip
 
@@ -449,7 +468,9 @@ def test_tensorrt_graph_has_a_constant_topk_and_matches_pytorch_over_its_profile
     if side > 32:
         assert fewest_anchors(prepared.model, 3, [(32, 320)]) == (18432, (32, 320))
     backend = OnnxDetectionBackend(static, "image", OUTPUT_NAMES, ["CPUExecutionProvider"])
-    images = [_image(size, 20 + i).float() / 255 for i, size in enumerate([(side, 320), (320, side), (side + 7, side + 50)])]
+    images = [
+        _image(size, 20 + i).float() / 255 for i, size in enumerate([(side, 320), (320, side), (side + 7, side + 50)])
+    ]
     report = check_detection_parity(prepared.model, backend, images, 1.0, "static-K graph")
     assert report["compared"] >= 30 and report["max_box_error_px"] < 1e-3
 
@@ -517,7 +538,9 @@ def test_detector_triton_repository_takes_one_image_of_any_size(exported, tmp_pa
     assert [(t.name, list(t.dims)) for t in config.output] == [("boxes", [-1, 4]), ("labels", [-1]), ("scores", [-1])]
     assert model.labels.read_text().splitlines() == CLASSES and model.model_file.name == "model.onnx"
     assert not config.HasField("dynamic_batching")
-    with pytest.raises(TritonError, match=r"--max-batch 8 needs a dynamic batch axis, but tensor 'image' has the fixed shape"):
+    with pytest.raises(
+        TritonError, match=r"--max-batch 8 needs a dynamic batch axis, but tensor 'image' has the fixed shape"
+    ):
         write_model(exported["c4"].artifact, tmp_path / "repo2", TritonOptions(max_batch=8))
 
 
@@ -529,7 +552,10 @@ def test_bench_detector_onnx_vs_eager_run(runs, exported, tmp_path, capsys):
     report = run_bench(BenchOptions([exported["c4"].artifact], eager=str(runs["c4"]), warmup=1, iters=4, rounds=2,
                                     threads=1))  # fmt: skip
     assert report["task"] == "detection" and report["settings"]["input"] == [3, MIN_SIZE, 171]  # 4:3 capped by max_size
-    assert [(r["backend"], r["batch"], r["calls"]) for r in report["results"]] == [("eager-fp32", 1, 4), ("onnx-fp32", 1, 4)]
+    assert [(r["backend"], r["batch"], r["calls"]) for r in report["results"]] == [
+        ("eager-fp32", 1, 4),
+        ("onnx-fp32", 1, 4),
+    ]
     eager, onnx = report["results"]
     assert eager["latency_ratio"] == 1.0 and onnx["latency_ratio"] == pytest.approx(onnx["p50_ms"] / eager["p50_ms"])
     assert onnx["throughput_ips"] > 0 and len(report["predict"]) == 2 and report["goals"] == []  # goals are ResNet-50's

@@ -229,7 +229,9 @@ def planted_c4(tmp_path_factory) -> Path:
     return make_run(tmp_path_factory.mktemp("runs"), "resnet20", "c4")
 
 
-@pytest.mark.parametrize(("fmt", "precision"), [("onnx", "fp16"), ("onnx", "int8"), ("openvino", "fp16"), ("openvino", "int8")])
+@pytest.mark.parametrize(
+    ("fmt", "precision"), [("onnx", "fp16"), ("onnx", "int8"), ("openvino", "fp16"), ("openvino", "int8")]
+)
 def test_c4_detector_in_reduced_precision_keeps_its_map(fmt, precision, planted_c4, tiny_fashion_det, tmp_path,
                                                         monkeypatch):  # fmt: skip
     out = tmp_path / f"det-{precision}{'.onnx' if fmt == 'onnx' else '.xml'}"
@@ -293,7 +295,10 @@ def test_the_api_check_catches_weakly_typed_precision_code(tmp_path, capsys):
     assert main(["--list-only", str(bad)]) == 1
     out = capsys.readouterr().out
     assert "old_build.py:5: trt.BuilderFlag.FP16: removed in TensorRT 11" in out
-    assert "old_build.py:6: config.int8_calibrator: removed" in out and "old_build.py:7: builder.platform_has_fast_int8" in out
+    assert (
+        "old_build.py:6: config.int8_calibrator: removed" in out
+        and "old_build.py:7: builder.platform_has_fast_int8" in out
+    )
     try:
         default_bindings()
     except CheckUnavailable:

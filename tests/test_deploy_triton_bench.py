@@ -69,7 +69,9 @@ def _model_config_class() -> type:
     """Triton's ``inference.ModelConfig`` restricted to the fields deploy.triton writes, with the names and
     numbers of triton-inference-server/common protobuf/model_config.proto, built as a descriptor at test time."""
     F = descriptor_pb2.FieldDescriptorProto
-    file = descriptor_pb2.FileDescriptorProto(name="triton_model_config_subset.proto", package="inference", syntax="proto3")
+    file = descriptor_pb2.FileDescriptorProto(
+        name="triton_model_config_subset.proto", package="inference", syntax="proto3"
+    )
     data_type = file.enum_type.add(name="DataType")
     for number, name in enumerate(["TYPE_INVALID", "TYPE_BOOL", "TYPE_UINT8", "TYPE_UINT16", "TYPE_UINT32", "TYPE_UINT64",
                                    "TYPE_INT8", "TYPE_INT16", "TYPE_INT32", "TYPE_INT64", "TYPE_FP16", "TYPE_FP32",
@@ -114,7 +116,9 @@ def _model_config_class() -> type:
     entry = config.nested_type.add(name="ParametersEntry")  # map<string, ModelParameter> parameters = 14
     entry.options.map_entry = True
     entry.field.add(name="key", number=1, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
-    entry.field.add(name="value", number=2, type=F.TYPE_MESSAGE, label=F.LABEL_OPTIONAL, type_name=".inference.ModelParameter")
+    entry.field.add(
+        name="value", number=2, type=F.TYPE_MESSAGE, label=F.LABEL_OPTIONAL, type_name=".inference.ModelParameter"
+    )
     pool = descriptor_pool.DescriptorPool()
     pool.Add(file)
     return message_factory.GetMessageClass(pool.FindMessageTypeByName("inference.ModelConfig"))
@@ -157,7 +161,9 @@ def test_onnx_repository_matches_the_real_graph(r20, tmp_path, capsys):
     assert (config.name, config.platform, config.max_batch_size) == ("resnet20", "onnxruntime_onnx", 32)
     inputs, outputs = _graph_tensors(r20, "input"), _graph_tensors(r20, "output")
     assert [shape[0] for *_, shape in inputs + outputs] == [-1, -1]  # the batch axis is symbolic in the graph
-    assert _config_tensors(config.input) == [(n, t, s[1:]) for n, t, s in inputs] == [("images", "TYPE_FP32", [3, 32, 32])]
+    assert (
+        _config_tensors(config.input) == [(n, t, s[1:]) for n, t, s in inputs] == [("images", "TYPE_FP32", [3, 32, 32])]
+    )
     assert _config_tensors(config.output) == [(n, t, s[1:]) for n, t, s in outputs] == [("logits", "TYPE_FP32", [10])]
     assert _names(config.input[0], "format", config.input[0].format) == "FORMAT_NCHW"
     assert config.output[0].label_filename == "labels.txt"
@@ -167,7 +173,9 @@ def test_onnx_repository_matches_the_real_graph(r20, tmp_path, capsys):
     assert group.count == 1 and _names(group, "kind", group.kind) == "KIND_AUTO"
     assert (model / "1" / "model.onnx").read_bytes() == r20.read_bytes()
     sidecar = validate(json.loads((model / "sidecar.json").read_text()))
-    assert sidecar["artifact"]["file"] == "model.onnx" and sidecar["artifact"]["sha256"] == sha256_of(model / "1/model.onnx")
+    assert sidecar["artifact"]["file"] == "model.onnx" and sidecar["artifact"]["sha256"] == sha256_of(
+        model / "1/model.onnx"
+    )
     assert sidecar["triton"]["model_file"] == "1/model.onnx" and sidecar["preprocessing"]["input_size"] == 32
     assert (model / "labels.txt").read_text().splitlines() == sidecar["class_names"]
 
@@ -216,8 +224,11 @@ def test_refusals_are_clear(r20, tmp_path):
         data["dynamic_axes"] = {}
 
     fixed = _variant(r20, tmp_path / "fixed.onnx", fixed_batch=fixed_batch)
-    with pytest.raises(TritonError, match=r"--max-batch 32 needs a dynamic batch axis, but tensor 'images' has "
-                                          r"the fixed shape \[1, 3, 32, 32\]"):
+    with pytest.raises(
+        TritonError,
+        match=r"--max-batch 32 needs a dynamic batch axis, but tensor 'images' has "
+        r"the fixed shape \[1, 3, 32, 32\]",
+    ):
         write_model(fixed, repo)
     assert list(_parse(write_model(fixed, repo, TritonOptions(max_batch=0)).config).input[0].dims) == [1, 3, 32, 32]
 
@@ -226,7 +237,9 @@ def test_refusals_are_clear(r20, tmp_path):
         data["dynamic_axes"]["scores"] = data["dynamic_axes"].pop("logits")
 
     renamed = _variant(r20, tmp_path / "renamed.onnx", rename_output=rename_output)
-    with pytest.raises(TritonError, match=r"the sidecar lists outputs \[\('scores', 2\)\].*the ONNX graph has \[\('logits', 2\)\]"):
+    with pytest.raises(
+        TritonError, match=r"the sidecar lists outputs \[\('scores', 2\)\].*the ONNX graph has \[\('logits', 2\)\]"
+    ):
         write_model(renamed, repo)
     with pytest.raises(TritonError, match=r"--preferred-batch sizes must lie in 1..32 \(the max batch\), got \[64\]"):
         write_model(r20, repo, TritonOptions(preferred_batch=[8, 64]))
@@ -274,7 +287,10 @@ def test_rounds_interleave_backends():
     warmup, timed = order[:3], order[3:]
     assert warmup == ["a", "b", "c"]
     # each visit: one untimed settling call, then the round's timed calls; the order rotates per round
-    assert timed == ["a"] * 3 + ["b"] * 3 + ["c"] * 3 + ["b"] * 3 + ["c"] * 3 + ["a"] * 3 + ["c"] * 2 + ["a"] * 2 + ["b"] * 2
+    assert (
+        timed
+        == ["a"] * 3 + ["b"] * 3 + ["c"] * 3 + ["b"] * 3 + ["c"] * 3 + ["a"] * 3 + ["c"] * 2 + ["a"] * 2 + ["b"] * 2
+    )
 
 
 def test_bench_onnx_vs_eager(r20, tmp_path, capsys, keep_threads):
@@ -318,12 +334,18 @@ def test_bench_errors(r20, tmp_path, keep_threads, capsys):
         bench_main([str(lonely), "--eager", "resnet20"])
     with pytest.raises(SystemExit, match="error: no PyTorch eager baseline: pass --eager"):
         bench_main([str(r20)])
-    with pytest.raises(SystemExit, match=r"error: the backends take different inputs \(eager-fp32: 3x224, onnx-fp32: 3x32\)"):
-        with pytest.warns(UserWarning, match="is a resnet20, the eager baseline a resnet18: the ratios compare different"):
+    with pytest.raises(
+        SystemExit, match=r"error: the backends take different inputs \(eager-fp32: 3x224, onnx-fp32: 3x32\)"
+    ):
+        with pytest.warns(
+            UserWarning, match="is a resnet20, the eager baseline a resnet18: the ratios compare different"
+        ):
             bench_main([str(r20), "--eager", "resnet18"])
     with pytest.raises(SystemExit) as exit_info:
         bench_main([str(r20), "--eager", "resnet20", "--batch", "0"])
     assert exit_info.value.code == 2
-    assert "argument --batch: expected comma-separated positive integers like 1,8,32, got '0'" in capsys.readouterr().err
+    assert (
+        "argument --batch: expected comma-separated positive integers like 1,8,32, got '0'" in capsys.readouterr().err
+    )
     with pytest.raises(BenchError, match="--batch needs positive batch sizes"):  # the API checks too
         run_bench(BenchOptions(artifacts=[r20], batches=[0]))

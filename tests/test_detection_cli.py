@@ -164,7 +164,8 @@ def test_compare_draws_a_row_per_run_and_a_column_per_image(detector_run, benchm
 
     config, _ = zoo_detector("det_resnet20_c4_fashion_det")
     assert run_title(Path("det_resnet20_c4_fashion_det"), config).endswith(
-        "zoo det_resnet20_c4_fashion_det: VOC07 mAP 69.85, COCO AP50 70.97, AP 49.29")  # as recorded, not 69.8
+        "zoo det_resnet20_c4_fashion_det: VOC07 mAP 69.85, COCO AP50 70.97, AP 49.29"
+    )  # as recorded, not 69.8
     capsys.readouterr()
     with pytest.raises(SystemExit):
         compare_main([str(detector_run), "--dataset", "fashion-det", "--data-root", str(benchmark), "--output",
@@ -175,6 +176,7 @@ def test_compare_draws_a_row_per_run_and_a_column_per_image(detector_run, benchm
                       str(tmp_path / "x.png")])  # fmt: skip
     assert not (tmp_path / "x.png").exists()
 
+
 def test_compare_takes_one_title_per_run(detector_run, benchmark, tmp_path):
     from detection.compare import compare
 
@@ -183,7 +185,6 @@ def test_compare_takes_one_title_per_run(detector_run, benchmark, tmp_path):
     assert not (tmp_path / "x.png").exists()
     out = compare([detector_run], "fashion-det", benchmark, tmp_path / "y.png", images=2, titles=["measured here"])
     assert out == tmp_path / "y.png" and out.stat().st_size > 0
-
 
 
 def test_bf16_training_evaluates_in_fp32_and_finishes(benchmark, tmp_path):
@@ -232,7 +233,9 @@ def test_zoo_add_records_what_eval_measures_and_loads_back(detector_run, benchma
     zoo = tmp_path / "weights" / "zoo.json"
     zoo.parent.mkdir()
     monkeypatch.setenv("BACKBONES_ZOO", str(zoo))
-    assert zoo_main(["add", str(detector_run), "--id", "det_tiny", "--data-root", str(benchmark), "--device", "cpu"]) == 0
+    assert (
+        zoo_main(["add", str(detector_run), "--id", "det_tiny", "--data-root", str(benchmark), "--device", "cpu"]) == 0
+    )
     assert capsys.readouterr().out.startswith("added det_tiny: resnet20 c4 on fashion-det")
     record = read_detectors(zoo)["det_tiny"]
     assert record.path.read_bytes() == (detector_run / "final.safetensors").read_bytes()

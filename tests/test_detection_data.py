@@ -85,8 +85,9 @@ def voc2007(tmp_path: Path) -> Path:
     reaching past the right and bottom edges)."""
     devkit = tmp_path / "VOCdevkit"
     xml = {
-        "000001": voc_xml("000001", 64, 48, [voc_object("dog", (5, 7, 30, 40)),
-                                             voc_object("person", (1, 1, 64, 48), 1)]),  # fmt: skip
+        "000001": voc_xml(
+            "000001", 64, 48, [voc_object("dog", (5, 7, 30, 40)), voc_object("person", (1, 1, 64, 48), 1)]
+        ),  # fmt: skip
         "000002": voc_xml("000002", 40, 32, []),
         "000003": voc_xml("000003", 50, 40, [voc_object("cat", (41, 31, 60, 55))]),
     }
@@ -100,8 +101,9 @@ def voc_both_years(voc2007: Path) -> Path:
     """Adds VOC2012 trainval: 2008_000008 (a person without <difficult>, with a part) and 000001 (a stem
     that VOC2007 also has, so combined sets need the year prefix)."""
     xml = {
-        "2008_000008": voc_xml("2008_000008", 60, 45, [voc_object("person", (10, 5, 20, 40), None, (12, 6, 18, 12))],
-                               "2012"),  # fmt: skip
+        "2008_000008": voc_xml(
+            "2008_000008", 60, 45, [voc_object("person", (10, 5, 20, 40), None, (12, 6, 18, 12))], "2012"
+        ),  # fmt: skip
         "000001": voc_xml("000001", 30, 30, [voc_object("cat", (1, 1, 30, 30))], "2012"),
     }
     sizes = {"2008_000008": (60, 45), "000001": (30, 30)}
@@ -215,12 +217,24 @@ def _edit_xml(devkit: Path, stem: str, old: str, new: str) -> Path:
 
 # (edit of 000001.xml or its image, expected exception, message parts, skipped level)
 VOC_PROBLEMS = {
-    "zero-area box": (("<xmax>30</xmax>", "<xmax>4</xmax>"), ValueError, ["000001.xml", "object 0", "zero-area"],
-                      "object"),  # fmt: skip
-    "unknown class": (("<name>person</name>", "<name>unicorn</name>"), ValueError,
-                      ["000001.xml", "object 1", "unknown class name 'unicorn'"], "object"),  # fmt: skip
-    "non-numeric": (("<ymin>7</ymin>", "<ymin>seven</ymin>"), ValueError,
-                    ["000001.xml", "object 0", "<ymin> is not a number: 'seven'"], "object"),  # fmt: skip
+    "zero-area box": (
+        ("<xmax>30</xmax>", "<xmax>4</xmax>"),
+        ValueError,
+        ["000001.xml", "object 0", "zero-area"],
+        "object",
+    ),  # fmt: skip
+    "unknown class": (
+        ("<name>person</name>", "<name>unicorn</name>"),
+        ValueError,
+        ["000001.xml", "object 1", "unknown class name 'unicorn'"],
+        "object",
+    ),  # fmt: skip
+    "non-numeric": (
+        ("<ymin>7</ymin>", "<ymin>seven</ymin>"),
+        ValueError,
+        ["000001.xml", "object 0", "<ymin> is not a number: 'seven'"],
+        "object",
+    ),  # fmt: skip
     "missing field": (("<xmin>5</xmin>", ""), ValueError, ["000001.xml", "object 0", "missing <xmin>"], "object"),
     "malformed XML": (("</annotation>", ""), ValueError, ["000001.xml", "malformed XML"], "image"),
     "missing image": (None, FileNotFoundError, ["000001.jpg", "image file not found"], "image"),

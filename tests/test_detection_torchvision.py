@@ -187,7 +187,9 @@ def test_a_coco_checkpoint_is_refused_on_other_classes(checkpoints, fashion_det,
         check_category_names(list(zip(range(1, 91), COCO_NAMES[1:])), COCODetection(fashion_det / "coco", "val2017"))
     with pytest.raises(SystemExit, match=r"v1.pth: a torchvision fasterrcnn_resnet50_fpn checkpoint, whose backbone is "
                                          r"resnet50, not resnet101"):  # fmt: skip
-        eval_main(["--backbone", "resnet101", "--weights", str(path), "--dataset", "coco", "--data-root", str(tmp_path)])
+        eval_main(
+            ["--backbone", "resnet101", "--weights", str(path), "--dataset", "coco", "--data-root", str(tmp_path)]
+        )
     assert not (tmp_path / "out").exists()
 
 
@@ -210,12 +212,22 @@ def test_train_init_fine_tunes_a_v2_checkpoint_on_other_classes(checkpoints, fas
                     "--min-size", "64", "--max-size", "64", "--output", str(run)])  # fmt: skip
     config = json.loads((run / "config.json").read_text())
     assert config["design"] == "fpn" and config["backbone_weights"] is None
-    assert {k: config["model"][k] for k in ("rpn_conv_depth", "fpn_batchnorm", "box_head", "min_size")} == \
-        {"rpn_conv_depth": 2, "fpn_batchnorm": True, "box_head": "conv_fc", "min_size": 64}
+    assert {k: config["model"][k] for k in ("rpn_conv_depth", "fpn_batchnorm", "box_head", "min_size")} == {
+        "rpn_conv_depth": 2,
+        "fpn_batchnorm": True,
+        "box_head": "conv_fc",
+        "min_size": 64,
+    }
     predictor = ["roi_heads.box_predictor.bbox_pred.bias", "roi_heads.box_predictor.bbox_pred.weight",
                  "roi_heads.box_predictor.cls_score.bias", "roi_heads.box_predictor.cls_score.weight"]  # fmt: skip
-    assert config["init"] == {"file": str(path), "checkpoint": "fasterrcnn_resnet50_fpn_v2", "version": "v2",
-                              "num_classes": 91, "class_rows_by_category_id": False, "reinitialised": predictor}
+    assert config["init"] == {
+        "file": str(path),
+        "checkpoint": "fasterrcnn_resnet50_fpn_v2",
+        "version": "v2",
+        "num_classes": 91,
+        "class_rows_by_category_id": False,
+        "reinitialised": predictor,
+    }
     assert "re-initialised for 11 outputs instead of 91" in caplog.text
     evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"eval"' in line]
     assert evals and "voc_mAP" in evals[-1]
@@ -226,7 +238,11 @@ def test_train_init_fine_tunes_a_v2_checkpoint_on_other_classes(checkpoints, fas
     trained = model.state_dict()
     start = torch.load(path, weights_only=True)
     assert trained["roi_heads.box_predictor.cls_score.weight"].shape == (11, 1024)
-    for frozen in ("backbone.body.conv1.weight", "backbone.body.layer1.0.conv1.weight", "backbone.body.bn1.running_var"):
+    for frozen in (
+        "backbone.body.conv1.weight",
+        "backbone.body.layer1.0.conv1.weight",
+        "backbone.body.bn1.running_var",
+    ):
         assert torch.equal(trained[frozen], start[frozen]), frozen  # conv1 and layer1 are frozen (--freeze-at 2)
     assert not torch.equal(trained["rpn.head.conv.1.0.weight"], start["rpn.head.conv.1.0.weight"])  # trained on
 
@@ -245,7 +261,9 @@ def test_init_keeps_the_class_rows_of_coco_categories(checkpoints):
     assert torch.equal(weights["roi_heads.box_predictor.cls_score.weight"],
                        state["roi_heads.box_predictor.cls_score.weight"][rows])  # fmt: skip
     box_rows = (rows[:, None] * 4 + torch.arange(4)).reshape(-1)
-    assert torch.equal(weights["roi_heads.box_predictor.bbox_pred.bias"], state["roi_heads.box_predictor.bbox_pred.bias"][box_rows])
+    assert torch.equal(
+        weights["roi_heads.box_predictor.bbox_pred.bias"], state["roi_heads.box_predictor.bbox_pred.bias"][box_rows]
+    )
     assert torch.equal(weights["backbone.fpn.layer_blocks.0.0.weight"], state["backbone.fpn.layer_blocks.0.0.weight"])
 
 
@@ -279,14 +297,20 @@ def _not_a_checkpoint(path: Path) -> str:
 @pytest.mark.parametrize("kind", ["classifier", "mask_rcnn", "truncated", "not_a_checkpoint"])
 def test_other_files_get_one_clear_error_naming_the_file(kind, coco_root, tmp_path):
     path = tmp_path / f"{kind}.pth"
-    message = {"classifier": _classifier, "mask_rcnn": _mask_rcnn, "truncated": _truncated,
-               "not_a_checkpoint": _not_a_checkpoint}[kind](path)
+    message = {
+        "classifier": _classifier,
+        "mask_rcnn": _mask_rcnn,
+        "truncated": _truncated,
+        "not_a_checkpoint": _not_a_checkpoint,
+    }[kind](path)
     with pytest.raises(ValueError, match=message) as error:
         identify_checkpoint(path)
     assert str(error.value).startswith(str(path)) and "\n" not in str(error.value)
     assert isinstance(error.value, NotATorchvisionDetector) == (kind in ("classifier", "mask_rcnn"))
     with pytest.raises(SystemExit, match=f"^error: {path}.*{message}") as exit_info:
-        eval_main(["--backbone", "resnet50", "--weights", str(path), "--dataset", "coco", "--data-root", str(coco_root)])
+        eval_main(
+            ["--backbone", "resnet50", "--weights", str(path), "--dataset", "coco", "--data-root", str(coco_root)]
+        )
     assert "\n" not in str(exit_info.value)
     with pytest.raises(SystemExit, match=f"^error: {path}.*{message}"):
         train_main(["--backbone", "resnet50", "--init", str(path), "--dataset", "coco", "--data-root", str(coco_root)])
@@ -294,19 +318,28 @@ def test_other_files_get_one_clear_error_naming_the_file(kind, coco_root, tmp_pa
 
 def test_a_missing_checkpoint_is_named(coco_root, tmp_path):
     missing = tmp_path / "fasterrcnn.pth"
-    with pytest.raises(SystemExit, match=f"^error: {re.escape(str(missing))}: no such run directory, checkpoint file or zoo detector id"):
-        eval_main(["--backbone", "resnet50", "--weights", str(missing), "--dataset", "coco", "--data-root", str(coco_root)])
+    with pytest.raises(
+        SystemExit,
+        match=f"^error: {re.escape(str(missing))}: no such run directory, checkpoint file or zoo detector id",
+    ):
+        eval_main(
+            ["--backbone", "resnet50", "--weights", str(missing), "--dataset", "coco", "--data-root", str(coco_root)]
+        )
     with pytest.raises(SystemExit, match=f"^error: weights file not found: {missing}$"):
-        train_main(["--backbone", "resnet50", "--init", str(missing), "--dataset", "coco", "--data-root", str(coco_root)])
+        train_main(
+            ["--backbone", "resnet50", "--init", str(missing), "--dataset", "coco", "--data-root", str(coco_root)]
+        )
 
 
 def test_init_flags_that_contradict_the_checkpoint_are_refused(checkpoints, fashion_det, tmp_path):
     path, _ = checkpoints["v1"]
     common = ["--init", str(path), "--dataset", "fashion-det", "--data-root", str(fashion_det), "--output",
               str(tmp_path / "run")]  # fmt: skip
-    for flags, message in ((["--backbone", "resnet101"], "whose backbone is resnet50, not --backbone resnet101"),
-                           (["--backbone", "resnet50", "--design", "c4"], "is an FPN detector, not --design c4"),
-                           (["--backbone", "resnet50", "--backbone-weights", "x.pth"], "leave out --backbone-weights")):
+    for flags, message in (
+        (["--backbone", "resnet101"], "whose backbone is resnet50, not --backbone resnet101"),
+        (["--backbone", "resnet50", "--design", "c4"], "is an FPN detector, not --design c4"),
+        (["--backbone", "resnet50", "--backbone-weights", "x.pth"], "leave out --backbone-weights"),
+    ):
         with pytest.raises(SystemExit, match=message):
             train_main(flags + common)
     assert not (tmp_path / "run").exists()

@@ -28,7 +28,9 @@ def test_evaluate_a_run_matches_the_trainers_final_evaluation(trained_run, capsy
     assert result["images"] == 1000
     assert result["top1_err"] == pytest.approx(trainer_eval["top1_err"], abs=0.01)
     assert result["top5_err"] <= result["top1_err"] < 90
-    assert evaluate_main(["resnet20", "--weights", str(trained_run / "final.safetensors"), "--dataset", "synthetic"]) == 0
+    assert (
+        evaluate_main(["resnet20", "--weights", str(trained_run / "final.safetensors"), "--dataset", "synthetic"]) == 0
+    )
     assert f"top-1 error {result['top1_err']:.2f}%" in capsys.readouterr().out
 
 
@@ -40,7 +42,9 @@ def test_ensemble_averages_scores(trained_run, tmp_path):
     evaluate_main(["resnet20", "--weights", str(trained_run), "--weights", str(trained_run), "--dataset", "synthetic",
                    "--json", str(out)])  # fmt: skip
     saved = json.loads(out.read_text())
-    assert saved["top1_err"] == single["top1_err"] and saved["command"].startswith("python -m backbones.evaluate resnet20")
+    assert saved["top1_err"] == single["top1_err"] and saved["command"].startswith(
+        "python -m backbones.evaluate resnet20"
+    )
 
 
 def test_models_for_another_set_of_classes_are_refused(trained_run, tmp_path):
@@ -78,13 +82,18 @@ def test_zoo_add_records_the_evaluated_metric_and_loads_back(trained_run, tmp_pa
     zoo.parent.mkdir()
     monkeypatch.setenv("BACKBONES_ZOO", str(zoo))
     record = add_run(trained_run, "resnet20_synthetic")
-    assert record["metrics"]["command"] == "python -m backbones.evaluate resnet20 --weights resnet20_synthetic --dataset synthetic"
+    assert (
+        record["metrics"]["command"]
+        == "python -m backbones.evaluate resnet20 --weights resnet20_synthetic --dataset synthetic"
+    )
     assert record["preprocessing"]["input_size"] == 32 and record["recipe"]["batch_size"] == 32
     assert record["recipe"]["amp"] == "none" and [s["from_iteration"] for s in record["segments"]] == [0]
     # the run's log is kept beside the weights, so its curves outlive the run directory
     log = zoo.parent / record["log"]["file"]
     assert log.name == "resnet20_synthetic.metrics.jsonl"
-    assert log.read_bytes() == (trained_run / "metrics.jsonl").read_bytes() and record["log"]["size"] == log.stat().st_size
+    assert (
+        log.read_bytes() == (trained_run / "metrics.jsonl").read_bytes() and record["log"]["size"] == log.stat().st_size
+    )
     from backbones.analysis import main as analysis_main
     from backbones.analysis import read_metrics
 

@@ -44,7 +44,14 @@ def test_timm_state_dict_loads_strict_and_outputs_are_identical(depth):
 
 @pytest.mark.parametrize(
     "name, params_m",
-    [("resnet20", 0.27), ("resnet32", 0.46), ("resnet44", 0.66), ("resnet56", 0.85), ("resnet110", 1.7), ("resnet1202", 19.4)],
+    [
+        ("resnet20", 0.27),
+        ("resnet32", 0.46),
+        ("resnet44", 0.66),
+        ("resnet56", 0.85),
+        ("resnet110", 1.7),
+        ("resnet1202", 19.4),
+    ],
 )
 def test_cifar_parameter_counts_match_table_6(name, params_m):
     with torch.device("meta"):
@@ -153,8 +160,16 @@ def test_grayscale_input_and_class_count():
 @pytest.mark.parametrize(
     "name, size, expected",
     [
-        ("resnet50", 224, [("layer1", 256, 4, 56), ("layer2", 512, 8, 28), ("layer3", 1024, 16, 14), ("layer4", 2048, 32, 7)]),
-        ("resnet18", 224, [("layer1", 64, 4, 56), ("layer2", 128, 8, 28), ("layer3", 256, 16, 14), ("layer4", 512, 32, 7)]),
+        (
+            "resnet50",
+            224,
+            [("layer1", 256, 4, 56), ("layer2", 512, 8, 28), ("layer3", 1024, 16, 14), ("layer4", 2048, 32, 7)],
+        ),
+        (
+            "resnet18",
+            224,
+            [("layer1", 64, 4, 56), ("layer2", 128, 8, 28), ("layer3", 256, 16, 14), ("layer4", 512, 32, 7)],
+        ),
         ("resnet20", 32, [("layer1", 16, 1, 32), ("layer2", 32, 2, 16), ("layer3", 64, 4, 8)]),
     ],
 )

@@ -28,7 +28,13 @@ def summary_rows():
 
 @pytest.mark.parametrize(
     "name, gflops",
-    [("resnet18", 1.8), ("resnet34", 3.6), ("resnet50_paper", 3.8), ("resnet101_paper", 7.6), ("resnet152_paper", 11.3)],
+    [
+        ("resnet18", 1.8),
+        ("resnet34", 3.6),
+        ("resnet50_paper", 3.8),
+        ("resnet101_paper", 7.6),
+        ("resnet152_paper", 11.3),
+    ],
 )
 def test_paper_exact_variants_reproduce_table_1(summary_rows, name, gflops):
     assert summary_rows[name]["gflops"] == pytest.approx(gflops, rel=0.03)
@@ -36,7 +42,8 @@ def test_paper_exact_variants_reproduce_table_1(summary_rows, name, gflops):
 
 
 @pytest.mark.parametrize(
-    "name, gflops", [("resnet18", 1.81), ("resnet34", 3.66), ("resnet50", 4.09), ("resnet101", 7.80), ("resnet152", 11.51)]
+    "name, gflops",
+    [("resnet18", 1.81), ("resnet34", 3.66), ("resnet50", 4.09), ("resnet101", 7.80), ("resnet152", 11.51)],
 )
 def test_torchvision_layout_matches_torchvision_published_gflops(summary_rows, name, gflops):
     assert summary_rows[name]["gflops"] == pytest.approx(gflops, abs=0.01)

@@ -161,7 +161,19 @@ def test_random_erasing_flags_reach_the_config_and_the_augmentation():
 
 
 def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path):
-    common = [*TINY, "--max-iters", "12", "--batch-size", "32", "--lr", "0.02", "--log-every", "2", "--eval-every", "12"]
+    common = [
+        *TINY,
+        "--max-iters",
+        "12",
+        "--batch-size",
+        "32",
+        "--lr",
+        "0.02",
+        "--log-every",
+        "2",
+        "--eval-every",
+        "12",
+    ]
     single, double = tmp_path / "single", tmp_path / "double"
     subprocess.run([sys.executable, "-m", "backbones.train", *common, "--output", str(single)], check=True,
                    env=_env(2), capture_output=True, timeout=300)  # fmt: skip
@@ -216,9 +228,23 @@ def test_a_checkpoint_from_before_random_erasing_resumes_only_without_it(tmp_pat
     state["run_config"] = json.dumps(old)
     torch.save(state, checkpoint)
     with pytest.raises(SystemExit, match=re.escape("random_erasing: 0.0 in the checkpoint, 0.5 now")):
-        train_main([*TINY, "--max-iters", "2", "--checkpoint-every", "1", "--random-erasing", "0.5", "--output", str(run),
-                    "--resume"])
-    train_main([*TINY, "--max-iters", "2", "--checkpoint-every", "1", "--output", str(run), "--resume"])  # the old run's own recipe resumes
+        train_main(
+            [
+                *TINY,
+                "--max-iters",
+                "2",
+                "--checkpoint-every",
+                "1",
+                "--random-erasing",
+                "0.5",
+                "--output",
+                str(run),
+                "--resume",
+            ]
+        )
+    train_main(
+        [*TINY, "--max-iters", "2", "--checkpoint-every", "1", "--output", str(run), "--resume"]
+    )  # the old run's own recipe resumes
 
 
 def test_unknown_architecture_and_missing_data_are_clear_errors(tmp_path):
@@ -277,7 +303,9 @@ def test_mixed_precision_and_channels_last_steps_run_and_stay_finite(tmp_path, a
     run = tmp_path / amp
     train_main([*TINY, "--max-iters", "3", "--log-every", "1", "--amp", amp, "--channels-last", "--output", str(run)])
     # bf16 on a CPU that only emulates it is named as the slow choice it is
-    assert ("is emulated and usually several times slower" in caplog.text) == (amp == "bf16" and not cpu_has_native_bf16())
+    assert ("is emulated and usually several times slower" in caplog.text) == (
+        amp == "bf16" and not cpu_has_native_bf16()
+    )
     losses = [r["loss"] for r in _records(run, "train")]
     assert len(losses) == 3 and all(0 < loss < 10 for loss in losses)
     state = read_checkpoint(run / "checkpoint.pt")
@@ -347,8 +375,9 @@ def test_a_failed_final_evaluation_loses_no_training_and_resume_runs_only_the_ev
     assert saved["iteration"] == 6 and saved["last_eval_iteration"] == -1  # the finished training was saved first
     resumed = trainer(failing_once)
     assert resumed.fit(resume=True) == {"top1_err": 1.0} and len(calls) == 2  # only the evaluation ran again
-    assert resumed.iteration == 6 and all(torch.equal(a, b) for a, b in
-                                          zip(resumed.model.state_dict().values(), first.model.state_dict().values()))
+    assert resumed.iteration == 6 and all(
+        torch.equal(a, b) for a, b in zip(resumed.model.state_dict().values(), first.model.state_dict().values())
+    )
     assert read_checkpoint(tmp_path / "run" / "checkpoint.pt")["last_eval_iteration"] == 6
 
 
@@ -360,7 +389,9 @@ def test_without_a_progress_bar_the_log_reports_progress_eta_and_evaluations(tmp
 
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 1)
-    config = EngineConfig(tmp_path / "run", max_iters=6, log_every=2, eval_every=3, checkpoint_every=100, progress=False)
+    config = EngineConfig(
+        tmp_path / "run", max_iters=6, log_every=2, eval_every=3, checkpoint_every=100, progress=False
+    )
 
     trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), LRSchedule(0.1, max_iters=6), ToyBatches(3),
                       toy_step, config, evaluate_fn=lambda net: {"top1_err": 12.5})  # fmt: skip
@@ -369,7 +400,9 @@ def test_without_a_progress_bar_the_log_reports_progress_eta_and_evaluations(tmp
     lines = [r.getMessage() for r in caplog.records if r.name == "backbones.engine"]
     progress = [line for line in lines if "ETA" in line]
     assert [line.split(":")[0] for line in progress] == ["iteration 2/6", "iteration 4/6", "iteration 6/6"]
-    assert all(re.search(r": loss \d\.\d+, lr 0\.1, epoch [\d.]+, \d+ img/s, ETA \d+s$", line) for line in progress), progress
+    assert all(re.search(r": loss \d\.\d+, lr 0\.1, epoch [\d.]+, \d+ img/s, ETA \d+s$", line) for line in progress), (
+        progress
+    )
     assert progress[-1].endswith("ETA 0s")
     assert [line for line in lines if "evaluation" in line] == ["iteration 3: evaluation: top1_err 12.5",
                                                                   "iteration 6: evaluation: top1_err 12.5"]  # fmt: skip
@@ -395,8 +428,9 @@ def test_resume_keeps_the_recipe_and_survives_a_torn_metrics_line(tmp_path, capl
     assert [r["iteration"] for r in _records(run, "train")] == [1, 2, 3, 4]
     # each start and resume records how it ran (config.json keeps the first start's settings)
     segments = _records(run, "segment")
-    assert [(s["iteration"], s["resumed"], s["engine"]["channels_last"], s["engine"]["log_every"]) for s in segments] \
-        == [(0, False, False, 1), (4, True, True, 2)]
+    assert [
+        (s["iteration"], s["resumed"], s["engine"]["channels_last"], s["engine"]["log_every"]) for s in segments
+    ] == [(0, False, False, 1), (4, True, True, 2)]
     assert segments[1]["world_size"] == 1 and segments[1]["torch"] == torch.__version__
     assert segments[1]["cpu"] == cpu_description()
     assert json.loads((run / "config.json").read_text())["engine"]["channels_last"] is False
@@ -508,7 +542,9 @@ def test_warm_up_and_schedule_flags_that_cannot_mean_what_was_asked_are_refused(
     assert fixed["warmup_until_error"] is None and fixed["warmup_iters"] == 400
     with pytest.raises(SystemExit, match="on fashion-mnist with --val-split 0 that would be the test split"):
         resolve_config(build_parser().parse_args(["resnet18", "--dataset", "fashion-mnist"]))
-    held_out = resolve_config(build_parser().parse_args(["resnet18", "--dataset", "fashion-mnist", "--val-split", "5000"]))
+    held_out = resolve_config(
+        build_parser().parse_args(["resnet18", "--dataset", "fashion-mnist", "--val-split", "5000"])
+    )
     assert held_out["schedule"] == "plateau" and held_out["val_split"] == 5000
     assert resolve_config(build_parser().parse_args(["resnet18", "--dataset", "cifar10"]))["val_split"] == 5000  # §4.2
     with pytest.raises(SystemExit, match="ImageNet has its own val/ folder"):

@@ -24,7 +24,12 @@ from detection.inference import evaluate_test_set
 from detection.zoo import read_detectors
 
 RECORDS = list(read_zoo(DEFAULT_ZOO).values())
-CI_REMEASURED = ("resnet20_fashion_mnist", "resnet56_fashion_mnist", "resnet20_fashion_mnist_re", "plain20_fashion_mnist")
+CI_REMEASURED = (
+    "resnet20_fashion_mnist",
+    "resnet56_fashion_mnist",
+    "resnet20_fashion_mnist_re",
+    "plain20_fashion_mnist",
+)
 ZOO_TESTS = "ZOO_TESTS"
 
 

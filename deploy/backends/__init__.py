@@ -16,6 +16,19 @@ from .onnxrt import OnnxBackend, OnnxDetectionBackend, default_providers, open_o
 from .openvino import OpenVINOBackend, OpenVINODetectionBackend
 from .pytorch import AotiBackend, EagerBackend, EagerDetectionBackend
 
-__all__ = ["AotiBackend", "ArtifactLoadError", "Backend", "Detections", "DetectorBackend", "EagerBackend",
-           "EagerDetectionBackend", "OnnxBackend", "OnnxDetectionBackend", "OpenVINOBackend", "OpenVINODetectionBackend",
-           "default_providers", "env_threads", "open_onnx_session"]
+__all__ = [
+    "AotiBackend",
+    "ArtifactLoadError",
+    "Backend",
+    "Detections",
+    "DetectorBackend",
+    "EagerBackend",
+    "EagerDetectionBackend",
+    "OnnxBackend",
+    "OnnxDetectionBackend",
+    "OpenVINOBackend",
+    "OpenVINODetectionBackend",
+    "default_providers",
+    "env_threads",
+    "open_onnx_session",
+]

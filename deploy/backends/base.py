@@ -29,7 +29,9 @@ def env_threads() -> int:
         return 0
 
 
-Detections = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # boxes (N, 4) float32, labels (N,) int64, scores (N,) float32
+Detections = tuple[
+    torch.Tensor, torch.Tensor, torch.Tensor
+]  # boxes (N, 4) float32, labels (N,) int64, scores (N,) float32
 
 
 class DetectorBackend(Protocol):

@@ -39,7 +39,9 @@ def open_onnx_session(path: Path, providers: Sequence[str] | None = None, thread
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as cpu_error:
-        raise ArtifactLoadError(f"{path}: onnxruntime cannot load it ({type(cpu_error).__name__}: {cpu_error})") from None
+        raise ArtifactLoadError(
+            f"{path}: onnxruntime cannot load it ({type(cpu_error).__name__}: {cpu_error})"
+        ) from None
 
 
 def _session_device(session: Any) -> str:
@@ -91,6 +93,8 @@ class OnnxDetectionBackend:
     def __call__(self, image: torch.Tensor) -> Detections:
         feed = {self.input_name: image.detach().cpu().float().contiguous().numpy()}
         boxes, labels, scores = self.session.run(self.output_names, feed)
-        return (torch.from_numpy(np.asarray(boxes, dtype=np.float32)).reshape(-1, 4),
-                torch.from_numpy(np.asarray(labels, dtype=np.int64)),
-                torch.from_numpy(np.asarray(scores, dtype=np.float32)))
+        return (
+            torch.from_numpy(np.asarray(boxes, dtype=np.float32)).reshape(-1, 4),
+            torch.from_numpy(np.asarray(labels, dtype=np.int64)),
+            torch.from_numpy(np.asarray(scores, dtype=np.float32)),
+        )

@@ -86,7 +86,9 @@ class Work:
     def calibration_batches(self, batch_size: int = 32) -> CalibrationFeed:
         assert self.calibration is not None
         images, preprocess = self.calibration, self.preprocess
-        return CalibrationFeed(INPUT_NAME, len(images), lambda: (b.numpy() for b, _ in images.batches(preprocess, batch_size)))
+        return CalibrationFeed(
+            INPUT_NAME, len(images), lambda: (b.numpy() for b, _ in images.batches(preprocess, batch_size))
+        )
 
     def graph(self) -> Path:
         """The ONNX graph holding the export's precision (bf16 is a runtime hint: the fp32 graph)."""
@@ -103,7 +105,10 @@ class Work:
             self.precision_record = quantize_int8(self.fp32_graph(), target, self.calibration_batches(),
                                                   method=self.options.calibration_method, scheme=self.options.int8_scheme,
                                                   reduce_range=self.options.int8_reduce_range)  # fmt: skip
-            self.precision_record["calibration"] = {**self.calibration.describe(), "method": self.options.calibration_method}
+            self.precision_record["calibration"] = {
+                **self.calibration.describe(),
+                "method": self.options.calibration_method,
+            }
         return target
 
 
@@ -240,7 +245,9 @@ def held_out_images(work: Work) -> ImageSet | None:
 
 
 # ---------------------------------------------------------------- the sidecar
-def build_sidecar(prepared: PreparedModel, artifact: Path, name: str, options: ExportOptions, info: dict[str, Any]) -> dict[str, Any]:
+def build_sidecar(
+    prepared: PreparedModel, artifact: Path, name: str, options: ExportOptions, info: dict[str, Any]
+) -> dict[str, Any]:
     c, s = prepared.channels, prepared.input_size
     hw: list[int | str] = ["height", "width"] if options.dynamic_hw else [s, s]
     io_dtype = "float16" if options.format == "aoti" and options.precision == "fp16" else "float32"
@@ -253,7 +260,11 @@ def build_sidecar(prepared: PreparedModel, artifact: Path, name: str, options: E
     artifact_record: dict[str, Any] = {"file": name, "sha256": sha256_of(artifact), "size": artifact.stat().st_size}
     weights = artifact.with_suffix(".bin")
     if options.format == "openvino":
-        artifact_record["weights"] = {"file": weights.name, "sha256": sha256_of(weights), "size": weights.stat().st_size}
+        artifact_record["weights"] = {
+            "file": weights.name,
+            "sha256": sha256_of(weights),
+            "size": weights.stat().st_size,
+        }
     return {
         "format": FORMAT, "version": VERSION, "task": "classification", "backend": options.format,
         "artifact": artifact_record,
@@ -338,7 +349,9 @@ def export_classifier(arch: str, weights: str | Path | None, output: Path, optio
             backend = open_backend(staged, data, options.device, ["CPUExecutionProvider"], strict_gpu=True)
         except ArtifactLoadError as error:
             raise ExportError(f"{label}: the new artifact does not load: {error}") from error
-        if isinstance(backend, OpenVINOBackend):  # what this CPU really computes in (a bf16 hint without bf16 units: f32)
+        if isinstance(
+            backend, OpenVINOBackend
+        ):  # what this CPU really computes in (a bf16 hint without bf16 units: f32)
             data["openvino"]["inference_precision_on_export_cpu"] = backend.inference_precision()
         batches = parity_inputs(prepared.preprocessing, options.dynamic_hw, backend.max_batch or options.max_batch)
         data["parity"] = check_parity(prepared.model, backend, batches, tolerance, label,

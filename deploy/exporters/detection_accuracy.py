@@ -63,7 +63,9 @@ class DetectorImages:
 
     def feed(self, input_name: str) -> CalibrationFeed:
         count = len(self.files) if self.files is not None else len(self.indices or [])
-        return CalibrationFeed(input_name, count, lambda: (image[None].numpy() for image in self.images()), batch_axis=False)
+        return CalibrationFeed(
+            input_name, count, lambda: (image[None].numpy() for image in self.images()), batch_axis=False
+        )
 
     def describe(self) -> dict[str, Any]:
         count = len(self.files) if self.files is not None else len(self.indices or [])

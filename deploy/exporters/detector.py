@@ -273,7 +273,11 @@ def match_detections(expected: Detections, got: Detections, *, score_thresh: flo
     for rank, i in enumerate(compared):
         best, best_error = None, float("inf")
         for j in g_order:
-            if j in used or int(g_labels[j]) != int(e_labels[i]) or abs(float(g_scores[j] - e_scores[i])) > score_tolerance:
+            if (
+                j in used
+                or int(g_labels[j]) != int(e_labels[i])
+                or abs(float(g_scores[j] - e_scores[i])) > score_tolerance
+            ):
                 continue
             error = float((g_boxes[j] - e_boxes[i]).abs().max())
             if error < best_error:
@@ -350,7 +354,11 @@ def detection_sidecar(prepared: PreparedDetector, artifact: Path, name: str, opt
     artifact_record: dict[str, Any] = {"file": name, "sha256": sha256_of(artifact), "size": artifact.stat().st_size}
     if options.format == "openvino":
         weights = artifact.with_suffix(".bin")
-        artifact_record["weights"] = {"file": weights.name, "sha256": sha256_of(weights), "size": weights.stat().st_size}
+        artifact_record["weights"] = {
+            "file": weights.name,
+            "sha256": sha256_of(weights),
+            "size": weights.stat().st_size,
+        }
     device = {"tensorrt": "cuda", "openvino": "cpu"}.get(options.format, "any")
     return {
         "format": FORMAT, "version": VERSION, "task": "detection", "backend": options.format,
@@ -386,7 +394,11 @@ PRECISIONS = {"onnx": ("fp32", "fp16", "int8"), "openvino": ("fp32", "fp16", "in
 # reduced precision; everything else in the graph stays fp32.
 REDUCED_SCOPES = ("/detector/backbone/", "/detector/rpn/head/", "/detector/roi_heads/box_head/",
                   "/detector/roi_heads/box_predictor/")  # fmt: skip
-INT8_FLOAT_SCOPES = ("/detector/rpn/head/cls_logits", "/detector/rpn/head/bbox_pred", "/detector/roi_heads/box_predictor/")
+INT8_FLOAT_SCOPES = (
+    "/detector/rpn/head/cls_logits",
+    "/detector/rpn/head/bbox_pred",
+    "/detector/roi_heads/box_predictor/",
+)
 
 
 def _check_detector_request(output: Path, weights: str | Path | None, options: ExportOptions) -> None:

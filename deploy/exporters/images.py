@@ -46,7 +46,9 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.images)
 
-    def batches(self, preprocess: Preprocessor, batch_size: int = 64) -> Iterator[tuple[torch.Tensor, list[int] | None]]:
+    def batches(
+        self, preprocess: Preprocessor, batch_size: int = 64
+    ) -> Iterator[tuple[torch.Tensor, list[int] | None]]:
         """(normalised float32 batch, its labels) through the artifact's own preprocessing."""
         for start in range(0, len(self.images), batch_size):
             part = self.images[start : start + batch_size]
@@ -108,7 +110,9 @@ def calibration_and_held_out(*, directory: Path | None, dataset: str | None, cou
     _check_channels(train, channels, "calibration set")
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(DRAW_SEED))
     chosen, remaining = order[:count], order[count : count + held_out]
-    calibration = ImageSet(f"{dataset} training split ({len(chosen)} images, seeded draw {DRAW_SEED})", train.images[chosen])
+    calibration = ImageSet(
+        f"{dataset} training split ({len(chosen)} images, seeded draw {DRAW_SEED})", train.images[chosen]
+    )
     held = (ImageSet(f"{dataset} training split (held out from calibration)", train.images[remaining])
             if len(remaining) else None)  # fmt: skip
     return calibration, held

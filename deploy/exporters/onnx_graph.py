@@ -22,14 +22,18 @@ def onnx_dynamic_axes(dynamic_hw: bool) -> dict[str, dict[int, str]]:
     return {INPUT_NAME: image_axes, OUTPUT_NAME: {0: "batch"}}
 
 
-def build_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int = 17, dynamic_hw: bool = False) -> None:
+def build_onnx(
+    model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int = 17, dynamic_hw: bool = False
+) -> None:
     """Export with the TorchScript exporter, check, and store inferred intermediate shapes."""
     with warnings.catch_warnings():
         # Deliberate: DESIGN.md, "Export facts". The tracer warnings come from the model's input
         # check (static channel count) and option A's strided slice; parity below is the real test.
         warnings.filterwarnings("ignore", message=r".*legacy TorchScript-based ONNX export")
         warnings.filterwarnings("ignore", message=r"The feature will be removed")
-        warnings.filterwarnings("ignore", message=r"Converting a tensor to a Python boolean", category=torch.jit.TracerWarning)
+        warnings.filterwarnings(
+            "ignore", message=r"Converting a tensor to a Python boolean", category=torch.jit.TracerWarning
+        )
         warnings.filterwarnings("ignore", message=r"Constant folding - Only steps=1")
         with torch.no_grad():
             torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=opset, input_names=[INPUT_NAME],

@@ -73,7 +73,9 @@ def node_names(path: Path, keep: Callable[[Any], bool]) -> list[str]:
 
 
 def _subgraphs(node: Any) -> list[Any]:
-    return [sub for attribute in node.attribute for sub in ([attribute.g] if attribute.HasField("g") else attribute.graphs)]
+    return [
+        sub for attribute in node.attribute for sub in ([attribute.g] if attribute.HasField("g") else attribute.graphs)
+    ]
 
 
 def _nested_nodes(node: Any) -> Iterator[Any]:
@@ -156,14 +158,18 @@ def convert_fp16_scoped(source: Path, target: Path, in_scope: Callable[[Any], bo
             continue
         if node.op_type == "Constant" and node.attribute[0].t.data_type == TensorProto.FLOAT:
             value = numpy_helper.to_array(node.attribute[0].t)
-            node.attribute[0].t.CopyFrom(numpy_helper.from_array(np.clip(value, -FP16_MAX, FP16_MAX).astype(np.float16)))
+            node.attribute[0].t.CopyFrom(
+                numpy_helper.from_array(np.clip(value, -FP16_MAX, FP16_MAX).astype(np.float16))
+            )
             continue
         for index, name in enumerate(node.input):
             if name in initializers and initializers[name].data_type == TensorProto.FLOAT:
                 if name not in fp16_weights:  # an fp16 copy: fp32 consumers keep the original
                     value = numpy_helper.to_array(initializers[name])
                     clamped += int(np.sum(np.abs(value) > FP16_MAX))
-                    copy = numpy_helper.from_array(np.clip(value, -FP16_MAX, FP16_MAX).astype(np.float16), f"{name}_fp16")
+                    copy = numpy_helper.from_array(
+                        np.clip(value, -FP16_MAX, FP16_MAX).astype(np.float16), f"{name}_fp16"
+                    )
                     graph.initializer.append(copy)
                     fp16_weights[name] = copy.name
                 node.input[index] = fp16_weights[name]
@@ -377,6 +383,10 @@ def zero_points(path: Path) -> list[np.ndarray]:
     initializers = {init.name: init for init in graph.initializer}
     found = []
     for node in graph.node:
-        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 2 and node.input[2] in initializers:
+        if (
+            node.op_type in ("QuantizeLinear", "DequantizeLinear")
+            and len(node.input) > 2
+            and node.input[2] in initializers
+        ):
             found.append(numpy_helper.to_array(initializers[node.input[2]]))
     return found

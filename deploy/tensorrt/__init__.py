@@ -19,5 +19,13 @@ from .environment import (
     tensorrt_available,
 )
 
-__all__ = ["EngineCompatibilityError", "TensorRTUnavailable", "check_engine_compatibility", "dims_to_list",
-           "environment_summary", "require_tensorrt", "running_environment", "tensorrt_available"]
+__all__ = [
+    "EngineCompatibilityError",
+    "TensorRTUnavailable",
+    "check_engine_compatibility",
+    "dims_to_list",
+    "environment_summary",
+    "require_tensorrt",
+    "running_environment",
+    "tensorrt_available",
+]

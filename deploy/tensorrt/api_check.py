@@ -187,7 +187,9 @@ def tensorrt_files(root: Path = REPO / "deploy") -> list[Path]:
     found = []
     for file in sorted(root.rglob("*.py")):
         tree = ast.parse(file.read_text(), str(file))
-        imports_from = any(isinstance(n, ast.ImportFrom) and n.module == "tensorrt" and n.level == 0 for n in ast.walk(tree))
+        imports_from = any(
+            isinstance(n, ast.ImportFrom) and n.module == "tensorrt" and n.level == 0 for n in ast.walk(tree)
+        )
         if tensorrt_aliases(tree) or imports_from:
             found.append(file)
     return found
@@ -221,11 +223,17 @@ def run_check(files: list[Path], bindings: Path | None, stubs: Path | None) -> t
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deploy.tensorrt.api_check", description=__doc__.split("\n\n")[0])
-    parser.add_argument("files", nargs="*", type=Path, help="files to check (default: every deploy module importing tensorrt)")
+    parser.add_argument(
+        "files", nargs="*", type=Path, help="files to check (default: every deploy module importing tensorrt)"
+    )
     parser.add_argument("--bindings", type=Path, help="tensorrt-cu13-bindings 11.x wheel or its tensorrt.so "
                         f"(default: the newest in {DEFAULT_TOOLS})")  # fmt: skip
-    parser.add_argument("--stubs", type=Path, help=f"tensorrt-stubs install folder (default: {DEFAULT_TOOLS / 'tensorrt-stubs'})")
-    parser.add_argument("--list-only", action="store_true", help="only the documented removed-API list (no wheel needed)")
+    parser.add_argument(
+        "--stubs", type=Path, help=f"tensorrt-stubs install folder (default: {DEFAULT_TOOLS / 'tensorrt-stubs'})"
+    )
+    parser.add_argument(
+        "--list-only", action="store_true", help="only the documented removed-API list (no wheel needed)"
+    )
     args = parser.parse_args(argv)
     files = args.files or tensorrt_files()
     try:

@@ -82,7 +82,9 @@ class TensorRTBackend(EngineBackend):
         with torch.cuda.stream(self.stream):
             x = batch.to("cuda", self.dtypes[self.input_name], non_blocking=True).contiguous()
             if not self.context.set_input_shape(self.input_name, tuple(x.shape)):
-                raise ValueError(f"{self.path}: input shape {tuple(x.shape)} is outside the engine's optimisation profile")
+                raise ValueError(
+                    f"{self.path}: input shape {tuple(x.shape)} is outside the engine's optimisation profile"
+                )
             self.context.set_tensor_address(self.input_name, x.data_ptr())
             outputs = {}
             for name in self.outputs:

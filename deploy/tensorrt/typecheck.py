@@ -39,7 +39,9 @@ DEFAULT_STUBS = REPO / ".tools" / "tensorrt-stubs"
 STUB_PACKAGES = ("tensorrt", "tensorrt_bindings")
 # Modules our TensorRT files import besides tensorrt: not followed (fast, and their errors are not ours).
 SKIPPED_IMPORTS = "torch.*,torchvision.*,numpy.*,PIL.*,onnx.*,onnxruntime.*,safetensors.*,backbones.*"
-_IMPLICIT_DIMS = re.compile(r'has incompatible type "(tuple|list)\[.*\]"; expected "(Dims\w*|Permutation)"\s+\[arg-type\]')
+_IMPLICIT_DIMS = re.compile(
+    r'has incompatible type "(tuple|list)\[.*\]"; expected "(Dims\w*|Permutation)"\s+\[arg-type\]'
+)
 _REPORT = re.compile(r"^(?P<file>[^:]+):(?P<line>\d+):(?:\d+:)? (?P<kind>error|note|warning): (?P<message>.*)$")
 
 

@@ -357,7 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m backbones.analysis",
         description="Plot training (dashed) and test (bold) error of runs against iterations (Fig. 4/6); or, with "
         f"'{RESPONSES}' first, the std of every 3x3 layer's response after BN of trained nets (Fig. 7).",
-        usage="%(prog)s [RUN ...] [--panel TITLE LABEL=DIR ...] --output PNG [--title T] [--ymax Y] [--train-window N]\n"
+        usage="%(prog)s [RUN ...] [--panel TITLE LABEL=DIR ...] --output PNG [--title T] "
+        "[--ymax Y] [--train-window N]\n"
         f"       %(prog)s {RESPONSES} [LABEL=]NET=WEIGHTS ... --dataset D --output PNG [--json OUT] [--images N]",
     )  # fmt: skip
     parser.add_argument("runs", nargs="*", metavar="RUN", help="run directories (with metrics.jsonl) or zoo ids whose "

@@ -248,7 +248,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for damaged zip/pickle data
         raise CheckpointError(f"{path} ({path.stat().st_size} bytes) cannot be read, truncated or corrupt? "
-                              f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None  # fmt: skip
+                              f"({type(error).__name__}: "
+                              f"{str(error).splitlines()[0] if str(error) else ''})") from None  # fmt: skip
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         found = sorted(state)[:6] if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"{path} is not a training checkpoint of this project (found {found}); "
@@ -346,7 +347,8 @@ class Trainer:
         if changed:
             differences = "; ".join(f"{key}: {saved[key]!r} in the checkpoint, {current[key]!r} now" for key in changed)
             raise CheckpointError(f"{path} was written by a run with another recipe ({differences}). Resume with the "
-                                  "same settings (see the run's config.json), or start a new run with --output")  # fmt: skip
+                                  "same settings (see the run's config.json), "
+                                  "or start a new run with --output")  # fmt: skip
         if self.ctx.is_main and saved.get("amp", current.get("amp")) != current.get("amp"):
             log.info(
                 "resuming with amp %s; iterations up to %s ran with amp %s (each segment is recorded in "

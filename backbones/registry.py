@@ -88,13 +88,15 @@ def create_model(
         for key, value in source.record.constructor.items():
             if key in options and options[key] != value:
                 raise ValueError(
-                    f"weights {source.record.id!r} were trained with {key}={value!r}, but create_model got {key}={options[key]!r}"
+                    f"weights {source.record.id!r} were trained with {key}={value!r}, "
+                    f"but create_model got {key}={options[key]!r}"
                 )
             options[key] = value
         record_classes = len(source.record.class_names)
         if num_classes is not None and num_classes != record_classes:
             raise ValueError(
-                f"weights {source.record.id!r} have {record_classes} classes, but num_classes={num_classes} was asked for"
+                f"weights {source.record.id!r} have {record_classes} classes, "
+                f"but num_classes={num_classes} was asked for"
             )
         num_classes = record_classes
     elif source is not None:  # a plain file: its shapes say what it was trained for
@@ -124,7 +126,8 @@ def _register_zoo() -> None:
                        f"ResNet-{depth} with shortcut option {option} (Tables 2-3)", shortcut=option)  # fmt: skip
     for depth in (18, 34, 50, 101, 152):
         register_model(f"plain{depth}", partial(imagenet_resnet, depth), "imagenet",
-                       f"Plain-{depth}: ResNet-{depth} without shortcuts (Table 2, Fig. 4)", shortcut="none")  # fmt: skip
+                       f"Plain-{depth}: ResNet-{depth} without shortcuts (Table 2, Fig. 4)",
+                       shortcut="none")  # fmt: skip
     for depth in (20, 32, 44, 56, 110, 1202):
         register_model(f"resnet{depth}", partial(cifar_resnet, depth), "cifar",
                        f"CIFAR ResNet-{depth} (§4.2, 6n+2, option A)")  # fmt: skip

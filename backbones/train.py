@@ -72,13 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", choices=DATASETS, help="default: imagenet for ImageNet nets, cifar10 for CIFAR nets")
     data.add_argument("--data", type=Path, help="dataset directory (ImageNet train/ and val/, cifar-10-batches-py, "
-                      "or Fashion-MNIST IDX files; default for Fashion-MNIST: /usr/share/datasets/fashion-mnist)")  # fmt: skip
+                      "or Fashion-MNIST IDX files; default for Fashion-MNIST: "
+                      "/usr/share/datasets/fashion-mnist)")  # fmt: skip
     data.add_argument("--val-split", type=COUNT, help="hold out this many training images for validation; 0 = "
                       "validate on the test split (recipe: 5000 on CIFAR-10, as §4.2's 45k/5k)")  # fmt: skip
     data.add_argument("--workers", type=COUNT, default=8, help="DataLoader workers (ImageNet)")
     data.add_argument("--gpu-decode", action="store_true", help="decode ImageNet JPEGs on the GPU (torchvision.io)")
     data.add_argument("--data-on-device", choices=("auto", "yes", "no"), default="auto",
-                      help="keep small in-memory datasets (CIFAR, Fashion-MNIST) and their augmentation on the GPU")  # fmt: skip
+                      help="keep small in-memory datasets (CIFAR, Fashion-MNIST) and their augmentation "
+                      "on the GPU")  # fmt: skip
     optim = parser.add_argument_group("optimisation (defaults: the paper's recipe for the model's family)")
     optim.add_argument(
         "--batch-size",
@@ -91,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--schedule", choices=SCHEDULES, help="step (÷10 at --milestones), plateau (÷10 when "
                        f"validation error stops improving, §3.4) or cosine ({_recipe('schedule')})")  # fmt: skip
     optim.add_argument("--milestones", type=POSITIVE_INT, nargs="*", help="iterations where the step schedule divides "
-                       "lr by 10 (recipe: 50 %% and 75 %% of the run for CIFAR nets, i.e. 32k and 48k of 64k)")  # fmt: skip
+                       "lr by 10 (recipe: 50 %% and 75 %% of the run for CIFAR nets, "
+                       "i.e. 32k and 48k of 64k)")  # fmt: skip
     optim.add_argument(
         "--patience", type=POSITIVE_INT, default=3, help="plateau: evaluations without improvement before ÷10"
     )
@@ -110,13 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
     probability = number_in(float, 0, 1)
     optim.add_argument("--random-erasing", type=probability, default=0.0, metavar="P",
                        help="Random Erasing (Zhong et al. 2017) after crop + flip: erase one box (area 2-40 %% of the "
-                       "image, aspect 0.3-3.33) with probability P; 0: off, as the paper; the authors use 0.5")  # fmt: skip
+                       "image, aspect 0.3-3.33) with probability P; 0: off, as the paper; "
+                       "the authors use 0.5")  # fmt: skip
     optim.add_argument("--erasing-fill", choices=ERASING_FILLS, default="random",
                        help="erased pixels: random values (the Random Erasing paper) or the dataset mean (the "
                        "authors' Fashion-MNIST script)")  # fmt: skip
     model = parser.add_argument_group("model")
-    model.add_argument("--shortcut", choices=("A", "B", "C", "none"), help="override the shortcut option: A zero-padded "
-                       "identity, B projections where dimensions change, C projections everywhere, none a plain net")  # fmt: skip
+    model.add_argument("--shortcut", choices=("A", "B", "C", "none"), help="override the shortcut option: "
+                       "A zero-padded identity, B projections where dimensions change, C projections everywhere, "
+                       "none a plain net")  # fmt: skip
     model.add_argument("--zero-init-residual", action="store_true", help="start each residual branch's last BN at "
                        "gamma 0 (Goyal et al. 2017; not in the paper)")  # fmt: skip
     model.add_argument("--sync-bn", action="store_true", help="synchronise BatchNorm statistics across processes")
@@ -133,8 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "augmentation")  # fmt: skip
     run.add_argument("--deterministic", action="store_true", help="deterministic kernels (slower)")
     run.add_argument("--log-every", type=POSITIVE_INT, default=50, help="iterations between logged training metrics")
-    run.add_argument("--eval-every", type=COUNT, help="iterations between evaluations (0: every epoch; recipe: 5000 for "
-                     "ImageNet nets, every epoch for CIFAR nets)")  # fmt: skip
+    run.add_argument("--eval-every", type=COUNT, help="iterations between evaluations (0: every epoch; "
+                     "recipe: 5000 for ImageNet nets, every epoch for CIFAR nets)")  # fmt: skip
     run.add_argument("--checkpoint-every", type=POSITIVE_INT, default=1000, help="iterations between checkpoints")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     return parser
@@ -271,7 +276,8 @@ def finish_schedule(config: dict[str, Any], batches_per_epoch: int) -> LRSchedul
                          f"{config['max_iters']}), the lr would never drop there")  # fmt: skip
     if config["schedule"] == "step" and not config["milestones"]:
         raise SystemExit(f"--schedule step needs --milestones for {config['arch']} (its recipe lowers the lr on "
-                         "validation plateaus: --schedule plateau); a step schedule without steps never lowers it")  # fmt: skip
+                         "validation plateaus: --schedule plateau); "
+                         "a step schedule without steps never lowers it")  # fmt: skip
     return LRSchedule(config["lr"], config["schedule"], config["max_iters"], config["milestones"],
                       patience=config["patience"], warmup_iters=config["warmup_iters"], warmup_lr=config["warmup_lr"],
                       warmup_until_error=config["warmup_until_error"])  # fmt: skip
@@ -327,9 +333,11 @@ def main(argv: list[str] | None = None) -> int:
                                  amp=args.amp, channels_last=args.channels_last, compile=args.compile,
                                  progress=not args.no_progress)  # fmt: skip
     config.update(engine=engine_config_dict(engine_config), class_names=data.class_names,
-                  preprocessing=data.preprocess.to_dict() if data.preprocess else None, world_size=ctx.world_size)  # fmt: skip
+                  preprocessing=data.preprocess.to_dict() if data.preprocess else None,
+                  world_size=ctx.world_size)  # fmt: skip
     trainer = Trainer(model, optimizer, schedule, data.train, classification_step, engine_config,
-                      evaluate_fn=lambda m: evaluate_classifier(m, data.val.batches(0), ctx), ctx=ctx, run_config=config)  # fmt: skip
+                      evaluate_fn=lambda m: evaluate_classifier(m, data.val.batches(0), ctx), ctx=ctx,
+                      run_config=config)  # fmt: skip
     if ctx.is_main:
         output.mkdir(parents=True, exist_ok=True)
         if not args.resume:

@@ -237,7 +237,8 @@ def resolve_weights(weights: str | Path, arch: str) -> WeightsSource:
     record = zoo[str(weights)]
     if record.arch != arch:
         raise ValueError(
-            f"zoo weights {record.id!r} are for {record.arch}, not {arch}; use create_model({record.arch!r}, weights={record.id!r})"
+            f"zoo weights {record.id!r} are for {record.arch}, not {arch}; "
+            f"use create_model({record.arch!r}, weights={record.id!r})"
         )
     verify_zoo_file(record.id, record.path, record.size, record.sha256)
     return WeightsSource(record.id, load_state_dict_file(record.path), record)

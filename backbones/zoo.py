@@ -21,7 +21,8 @@ from .registry import create_model
 from .weights import append_record, publish_run, read_finished_run, read_zoo, zoo_path
 
 RECIPE_KEYS = ("batch_size", "lr", "momentum", "weight_decay", "schedule", "milestones", "max_iters", "val_split",
-               "warmup_lr", "warmup_until_error", "random_erasing", "erasing_fill", "seed", "amp", "world_size")  # fmt: skip
+               "warmup_lr", "warmup_until_error", "random_erasing", "erasing_fill", "seed", "amp",
+               "world_size")  # fmt: skip
 
 
 def add_run(run_dir: Path, zoo_id: str, zoo: Path | None = None, device: str = "auto") -> dict[str, Any]:
@@ -77,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "list":
         for record in read_zoo().values():
-            print(f"{record.id:<28} {record.arch:<10} {record.dataset:<14} top-1 err {record.metrics.get('top1_err')}%  "
+            print(f"{record.id:<28} {record.arch:<10} {record.dataset:<14} "
+                  f"top-1 err {record.metrics.get('top1_err')}%  "
                   f"({record.metrics.get('command')})")  # fmt: skip
         return 0
     try:

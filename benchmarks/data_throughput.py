@@ -155,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         row["images_per_s_per_worker"] = round(per_worker, 1) if per_worker else None
         shown = f"{per_worker:11.1f}" if per_worker else f"{'-':>11}"
         print(f"{row['variant']:<24} {row['images_per_s']:>9.1f} {shown}")
-    result = {"images": args.images, "size": [width, height], "batch": args.batch, "cpu": cpu, "torch": torch.__version__,
+    result = {"images": args.images, "size": [width, height], "batch": args.batch, "cpu": cpu,
+              "torch": torch.__version__,
               "stages_one_core": {name: round(rate, 1) for name, rate in stages.items()}, "rows": rows}  # fmt: skip
     path = args.output / "data_throughput_imagenet_cpu.json"
     atomic_write_json(path, result)

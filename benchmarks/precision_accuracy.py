@@ -61,7 +61,8 @@ def export_each(variants: list[tuple[str, str, str, dict[str, Any]]], names: lis
         artifact = out / f"{weights}-{name}{SUFFIX[fmt]}"
         try:
             result = export_model(arch, weights, artifact, format=fmt, precision=precision,
-                                  calibration_dataset=calibration if precision == "int8" else None, **common, **extra)  # fmt: skip
+                                  calibration_dataset=calibration if precision == "int8" else None,
+                                  **common, **extra)  # fmt: skip
         except ExportError as error:
             rows.append({"variant": name, "failed": str(error)})
             continue

@@ -6,7 +6,8 @@ in one process, on one synthetic batch (natural-looking images through the artif
 
 Every artifact kind runs: onnxruntime (``.onnx``), OpenVINO (``.xml``), TensorRT (``.engine``), AOTInductor
 (``.pt2``), eager, in every precision they were exported in (labels such as ``onnx-int8-sym``,
-``openvino-int8-nncf``, ``openvino-bf16``). Detectors (detector ``.onnx`` / ``.xml`` / ``.engine`` artifacts; the eager baseline is the ``detection.train``
+``openvino-int8-nncf``, ``openvino-bf16``). Detectors (detector ``.onnx`` / ``.xml`` / ``.engine`` artifacts; \
+the eager baseline is the ``detection.train``
 run directory, ``--eager RUN_DIR``) are timed one image per call, as their graphs take one image:
 a natural-looking image at the detector's own scale (shorter side min_size, 4:3), float in [0, 1],
 to boxes, labels and scores on the host. ``--batch`` does not apply to them.
@@ -168,16 +169,20 @@ def load_artifact(path: Path, options: BenchOptions, threads: int) -> Target:
     detector = sidecar["task"] == "detection"
     if sidecar["backend"] == "onnx":
         providers = _onnx_providers(options.device, options.providers)
-        predictor = (DetectionPredictor(OnnxDetectionBackend(path, name, [post["boxes"], post["labels"], post["scores"]],
+        predictor = (DetectionPredictor(OnnxDetectionBackend(path, name,
+                                                             [post["boxes"], post["labels"], post["scores"]],
                                                              providers, threads=threads), sidecar, str(path))
                      if detector else
-                     Predictor(OnnxBackend(path, name, post["output"], providers, threads=threads), sidecar, str(path)))  # fmt: skip
+                     Predictor(OnnxBackend(path, name, post["output"], providers, threads=threads), sidecar,
+                               str(path)))  # fmt: skip
     elif sidecar["backend"] == "openvino":
         hint = sidecar["openvino"]["inference_precision"]
-        predictor = (DetectionPredictor(OpenVINODetectionBackend(path, name, [post["boxes"], post["labels"], post["scores"]],
+        predictor = (DetectionPredictor(OpenVINODetectionBackend(path, name,
+                                                                 [post["boxes"], post["labels"], post["scores"]],
                                                                  hint, threads=threads), sidecar, str(path))
                      if detector else
-                     Predictor(OpenVINOBackend(path, name, post["output"], hint, threads=threads), sidecar, str(path)))  # fmt: skip
+                     Predictor(OpenVINOBackend(path, name, post["output"], hint, threads=threads), sidecar,
+                               str(path)))  # fmt: skip
     else:
         predictor = load(path, device=options.device, verify_sha256=False)  # verified just above
     precision = precision_label(sidecar)
@@ -333,7 +338,8 @@ def time_interleaved(
 def summarise(seconds: list[float], batch: int) -> dict[str, Any]:
     ms = np.asarray(seconds) * 1e3
     return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()),
-            "min_ms": float(ms.min()), "throughput_ips": batch * len(ms) / float(ms.sum() / 1e3), "calls": len(ms)}  # fmt: skip
+            "min_ms": float(ms.min()), "throughput_ips": batch * len(ms) / float(ms.sum() / 1e3),
+            "calls": len(ms)}  # fmt: skip
 
 
 def add_ratios(rows: list[dict[str, Any]], baseline: str) -> None:
@@ -413,13 +419,15 @@ def goal_checks(report: dict[str, Any]) -> list[dict[str, Any]]:
         at_one = [row for row in int8 if row["batch"] == latency["batch"]]
         if at_one:
             best = min(at_one, key=lambda row: row["latency_ratio"])
-            checks.append({"goal": f"cpu: best int8 batch-{latency['batch']} p50 latency <= {latency['max_ratio']}x eager fp32",
+            checks.append({"goal": f"cpu: best int8 batch-{latency['batch']} p50 latency <= {latency['max_ratio']}x "
+                                   "eager fp32",
                            "backend": best["backend"], "measured": best["latency_ratio"],
                            "passed": best["latency_ratio"] <= latency["max_ratio"]})  # fmt: skip
         at_many = [row for row in int8 if row["batch"] == throughput["batch"]]
         if at_many:
             best = max(at_many, key=lambda row: row["throughput_ratio"])
-            checks.append({"goal": f"cpu: best int8 batch-{throughput['batch']} throughput >= {throughput['min_ratio']}x "
+            checks.append({"goal": f"cpu: best int8 batch-{throughput['batch']} throughput "
+                                   f">= {throughput['min_ratio']}x "
                                    "eager fp32",
                            "backend": best["backend"], "measured": best["throughput_ratio"],
                            "passed": best["throughput_ratio"] >= throughput["min_ratio"]})  # fmt: skip
@@ -439,7 +447,8 @@ def goal_checks(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 # ---------------------------------------------------------------- the run
 def _environment(device: str) -> dict[str, Any]:
-    env: dict[str, Any] = {"python": platform.python_version(), **{k: v for k, v in tool_versions().items() if k != "python"},
+    env: dict[str, Any] = {"python": platform.python_version(),
+                           **{k: v for k, v in tool_versions().items() if k != "python"},
                            "platform": platform.platform(), "cpu": _cpu_name(), "cpu_isa": cpu_description(),
                            "cpu_count": os.cpu_count(),
                            "loadavg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}  # fmt: skip
@@ -537,10 +546,13 @@ def _ratio(value: float | None) -> str:
 
 def format_table(report: dict[str, Any]) -> str:
     threads = report["threads"]
-    lines = [f"device {report['device']}, torch threads {threads['torch_intra_op']} (inter-op {threads['torch_inter_op']}), "
-             f"onnxruntime / OpenVINO threads {threads['onnxruntime_intra_op']}; CPU {report['environment'].get('cpu_isa')}; "
+    lines = [f"device {report['device']}, torch threads {threads['torch_intra_op']} "
+             f"(inter-op {threads['torch_inter_op']}), "
+             f"onnxruntime / OpenVINO threads {threads['onnxruntime_intra_op']}; "
+             f"CPU {report['environment'].get('cpu_isa')}; "
              f"input {report['settings']['input']}; "
-             f"{report['settings']['iters']} timed calls per cell in {report['settings']['rounds']} interleaved rounds; "
+             f"{report['settings']['iters']} timed calls per cell in "
+             f"{report['settings']['rounds']} interleaved rounds; "
              f"baseline {report['baseline']}",
              f"{'batch':>5}  {'backend':<24} {'p50 ms':>9} {'p99 ms':>9} {'images/s':>10} {'p50/eager':>10} "
              f"{'img/s/eager':>12}"]  # fmt: skip
@@ -602,8 +614,10 @@ def write_png(report: dict[str, Any], path: str | Path) -> None:
         ax.set_title(title, fontsize=10)
     axes[0].legend(fontsize=8)
     arch = report["backends"][0]["arch"]
-    figure.suptitle(f"{arch} on {report['device']} ({report['environment'].get('gpu') or report['environment']['cpu']}), "
-                    f"{report['threads']['torch_intra_op']} thread(s); ratios vs {report['baseline']}", fontsize=10)  # fmt: skip
+    figure.suptitle(f"{arch} on {report['device']} "
+                    f"({report['environment'].get('gpu') or report['environment']['cpu']}), "
+                    f"{report['threads']['torch_intra_op']} thread(s); ratios vs {report['baseline']}",
+                    fontsize=10)  # fmt: skip
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=110)
 
@@ -632,8 +646,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--device", choices=["cpu", "cuda"], default="cpu", help="where every backend runs (default: cpu)"
     )
-    parser.add_argument("--threads", type=POSITIVE_INT, help="torch, onnxruntime and OpenVINO intra-op threads (default: "
-                        "torch's current)")  # fmt: skip
+    parser.add_argument("--threads", type=POSITIVE_INT, help="torch, onnxruntime and OpenVINO intra-op threads "
+                        "(default: torch's current)")  # fmt: skip
     parser.add_argument("--warmup", type=COUNT, default=5, help="untimed calls per backend and batch size")
     parser.add_argument("--iters", type=POSITIVE_INT, default=30, help="timed calls per backend and batch size")
     parser.add_argument(
@@ -648,9 +662,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    options = BenchOptions(list(args.artifacts), args.eager, args.batch, args.device, args.threads, args.warmup, args.iters,
-                           args.rounds, args.providers.split(",") if args.providers else None, not args.no_predict,
-                           "python -m deploy.bench " + shlex.join(sys.argv[1:] if argv is None else list(argv)))  # fmt: skip
+    options = BenchOptions(list(args.artifacts), args.eager, args.batch, args.device, args.threads, args.warmup,
+                           args.iters, args.rounds, args.providers.split(",") if args.providers else None,
+                           not args.no_predict,
+                           "python -m deploy.bench "
+                           + shlex.join(sys.argv[1:] if argv is None else list(argv)))  # fmt: skip
     try:
         report = run_bench(options)
     except (

@@ -68,7 +68,8 @@ def export_model(arch: str, weights: str | Path | None, output: str | Path, opti
         return export_detector(arch, weights, output, options)
     given = [f"--{name.replace('_', '-')}" for name in DETECTOR_ONLY if getattr(options, name) is not None]
     if given:
-        raise ValueError(f"{' and '.join(given)} {'applies' if len(given) == 1 else 'apply'} to detector exports (--detector c4|fpn with a "
+        raise ValueError(f"{' and '.join(given)} {'applies' if len(given) == 1 else 'apply'} to detector exports "
+                         "(--detector c4|fpn with a "
                          f"detection.train run as --weights); {arch} is exported as a classifier")  # fmt: skip
     from .exporters.classifier import export_classifier
 
@@ -92,24 +93,29 @@ def build_parser() -> argparse.ArgumentParser:
                         help="artifact path (.onnx, .xml, .engine/.plan, .pt2, .safetensors)")  # fmt: skip
     parser.add_argument("--device", choices=["cpu", "cuda"], help="aoti: device to compile for (default cpu)")
     parser.add_argument("--tolerance", type=POSITIVE, help="synthetic-image parity: relative logits error allowed "
-                        "(default: fp32 1e-4, fp16 2e-2, bf16 5e-2; int8 recorded only); detectors: box error in pixels "
+                        "(default: fp32 1e-4, fp16 2e-2, bf16 5e-2; int8 recorded only); "
+                        "detectors: box error in pixels "
                         "(default fp32 1, fp16 4, int8 8)")  # fmt: skip
     parser.add_argument("--top-k", type=POSITIVE_INT, default=5, help="default top-k in the sidecar's postprocessing")
     real = parser.add_argument_group("reduced precision: calibration and the check on real images")
     real.add_argument("--calibration-dir", type=Path, help="int8: folder of representative images (any layout, "
                       "searched recursively; the first N sorted by path)")  # fmt: skip
     real.add_argument("--calibration-dataset", choices=KNOWN_DATASETS,
-                      help="int8: calibrate on this dataset's training split (a seeded draw; never the test split)")  # fmt: skip
+                      help="int8: calibrate on this dataset's training split "
+                      "(a seeded draw; never the test split)")  # fmt: skip
     real.add_argument("--calibration-images", type=POSITIVE_INT, default=512, help="int8: images to calibrate on")
     real.add_argument("--calibration-method", choices=CALIBRATION_METHODS, default="percentile",
                       help="int8: how activation ranges are chosen (percentile: 99.999th of |x|)")  # fmt: skip
     real.add_argument("--int8-scheme", choices=INT8_SCHEMES, default="symmetric", help="symmetric: int8 activations, "
-                      "zero points 0 (TensorRT, OpenVINO); asymmetric: uint8 activations (onnxruntime CPU)")  # fmt: skip
+                      "zero points 0 (TensorRT, OpenVINO); "
+                      "asymmetric: uint8 activations (onnxruntime CPU)")  # fmt: skip
     real.add_argument("--int8-reduce-range", action="store_true", help="int8: 7-bit weights, for CPUs without VNNI "
-                      "(AVX2, AVX-512F), whose u8 x s8 kernels saturate in int16 (README: measured accuracy)")  # fmt: skip
+                      "(AVX2, AVX-512F), whose u8 x s8 kernels saturate in int16 "
+                      "(README: measured accuracy)")  # fmt: skip
     real.add_argument("--openvino-int8", choices=OPENVINO_INT8, default="qdq",
                       help="openvino int8: from the checked Q/DQ graph, or NNCF on the IR")  # fmt: skip
-    real.add_argument("--eval-dataset", metavar="NAME|DIR", help=f"labelled held-out images: {', '.join(KNOWN_DATASETS)} "
+    real.add_argument("--eval-dataset", metavar="NAME|DIR",
+                      help=f"labelled held-out images: {', '.join(KNOWN_DATASETS)} "
                       "(test split), fashion-det (detectors, with --data-root), or a folder of class subfolders; the "
                       "sidecar records the artifact's and fp32's accuracy side by side")  # fmt: skip
     real.add_argument(

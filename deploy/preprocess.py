@@ -93,8 +93,8 @@ class ImageReader:
             return self._from_array(torch.from_numpy(array), where, channels_last=True)
         if isinstance(item, torch.Tensor):
             return self._from_array(item.detach().cpu(), where, channels_last=False)
-        raise ImageInputError(f"{where} has type {type(item).__name__}; expected a file path, a PIL image, a uint8 numpy "
-                              "array (H, W, C) or (N, H, W, C), or a tensor (C, H, W) or (N, C, H, W), "
+        raise ImageInputError(f"{where} has type {type(item).__name__}; expected a file path, a PIL image, "
+                              "a uint8 numpy array (H, W, C) or (N, H, W, C), or a tensor (C, H, W) or (N, C, H, W), "
                               "or a list of these")  # fmt: skip
 
     @staticmethod

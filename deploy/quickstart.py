@@ -113,7 +113,8 @@ def detect(output: Path) -> tuple[Row, Path, Path]:
     )
     picture = compare([Path(DETECTOR)], "fashion-det", data, output / "detections.png", images=6, titles=[measured])
     row = Row("detect", f"zoo {DETECTOR} (C4 Faster R-CNN), fashion-det test (500 canvases)",
-              f"VOC07 mAP {voc:.1f}, COCO AP50 {coco['AP50']:.1f}, AP {coco['AP']:.1f}", time.perf_counter() - start)  # fmt: skip
+              f"VOC07 mAP {voc:.1f}, COCO AP50 {coco['AP50']:.1f}, AP {coco['AP']:.1f}",
+              time.perf_counter() - start)  # fmt: skip
     return row, data, picture
 
 
@@ -160,11 +161,12 @@ def deploy_both(output: Path, data: Path) -> list[Row]:
     onnx_detector, eager_detector = deploy.load(detector.artifact), deploy.load_eager_detector(DETECTOR)
     assert isinstance(onnx_detector, deploy.DetectionPredictor)
     found = onnx_detector.predict(canvas, score_threshold=0.5)[0]
-    timed = _latencies_ms({"onnx": lambda: onnx_detector.predict(canvas), "eager": lambda: eager_detector.predict(canvas)},
-                          iters=10)  # fmt: skip
+    timed = _latencies_ms({"onnx": lambda: onnx_detector.predict(canvas),
+                           "eager": lambda: eager_detector.predict(canvas)}, iters=10)  # fmt: skip
     det_ms, det_eager_ms = timed["onnx"], timed["eager"]
     print(f"detector.onnx: boxes within {detector.parity['max_box_error_px']:.1e} px of PyTorch; {len(found)} "
-          f"detection(s) >= 0.5 on {canvas.name}; {det_ms:.1f} ms vs eager {det_eager_ms:.1f} ms per image")  # fmt: skip
+          f"detection(s) >= 0.5 on {canvas.name}; {det_ms:.1f} ms vs eager {det_eager_ms:.1f} ms "
+          "per image")  # fmt: skip
     rows.append(Row("deploy", "detector -> ONNX (resize ... NMS in one graph), deploy.load().predict",
                     f"boxes within {detector.parity['max_box_error_px']:.0e} px; {det_ms:.1f} vs eager "
                     f"{det_eager_ms:.1f} ms/image", time.perf_counter() - start))  # fmt: skip

@@ -55,7 +55,8 @@ class Predictor:
     def __repr__(self) -> str:
         model = self.sidecar.get("model", {})
         return (f"Predictor({self.source}: {model.get('arch')} {self.task}, backend {self.backend.name} on "
-                f"{self.backend.device}, {self.sidecar.get('precision')}, {len(self.class_names)} classes)")  # fmt: skip
+                f"{self.backend.device}, {self.sidecar.get('precision')}, "
+                f"{len(self.class_names)} classes)")  # fmt: skip
 
     def logits(self, images: Images) -> torch.Tensor:
         """Raw outputs (N, classes) for any accepted input."""
@@ -122,7 +123,8 @@ class DetectionPredictor:
         outside = labels[(labels < 1) | (labels > len(self.class_names))]
         if len(outside):
             raise RuntimeError(f"{self.source}: the artifact gave label {int(outside[0])}, outside "
-                               f"1..{len(self.class_names)}; the artifact and its sidecar's class_names disagree")  # fmt: skip
+                               f"1..{len(self.class_names)}; "
+                               "the artifact and its sidecar's class_names disagree")  # fmt: skip
         return boxes, labels, scores
 
     def predict(self, images: Images, score_threshold: float | None = None,
@@ -206,7 +208,8 @@ def _open_detection_backend(path: Path, sidecar: dict[str, Any], device: str | N
         return OpenVINODetectionBackend(path, input_name, outputs, sidecar["openvino"]["inference_precision"])
     if sidecar["backend"] != "onnx":
         raise SidecarError(f"{sidecar_path(path)}: field 'backend' is {sidecar['backend']!r}; detectors run from ONNX, "
-                           "OpenVINO or TensorRT artifacts (or eagerly from their detection.train run directory)")  # fmt: skip
+                           "OpenVINO or TensorRT artifacts "
+                           "(or eagerly from their detection.train run directory)")  # fmt: skip
     if providers is None and device == "cpu":
         providers = ["CPUExecutionProvider"]
     return OnnxDetectionBackend(path, input_name, outputs, providers)

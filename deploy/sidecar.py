@@ -442,4 +442,5 @@ def _verify_file(file: Path, record: dict[str, Any], path: Path, field: str) -> 
     digest = sha256_of(file)
     if digest != record["sha256"]:
         raise SidecarError(f"{file}: sha256 {digest} does not match {path} (field '{field}.sha256' "
-                           f"{record['sha256']}); the artifact was changed or the sidecar belongs to another")  # fmt: skip
+                           f"{record['sha256']}); "
+                           "the artifact was changed or the sidecar belongs to another")  # fmt: skip

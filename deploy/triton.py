@@ -171,7 +171,8 @@ def _check_request(artifact: Path, sidecar: dict[str, Any], options: TritonOptio
     backend = sidecar["backend"]
     if backend not in PLATFORMS:
         raise TritonError(f"{artifact}: a {backend} artifact; Triton would need its PyTorch backend to run it, which "
-                          "this tool does not target. Export with --format onnx, openvino or tensorrt for Triton")  # fmt: skip
+                          "this tool does not target. "
+                          "Export with --format onnx, openvino or tensorrt for Triton")  # fmt: skip
     if max_batch < 0:
         raise TritonError(f"--max-batch must be 0 (no batching) or positive, got {max_batch}")
     if options.instances < 1:
@@ -187,7 +188,8 @@ def _check_request(artifact: Path, sidecar: dict[str, Any], options: TritonOptio
     for tensor in sidecar["inputs"] + sidecar["outputs"]:
         if max_batch > 0 and isinstance(tensor["shape"][0], int):
             raise TritonError(f"{artifact}: --max-batch {max_batch} needs a dynamic batch axis, but tensor "
-                              f"{tensor['name']!r} has the fixed shape {tensor['shape']} (sidecar {sidecar_path(artifact)}); "
+                              f"{tensor['name']!r} has the fixed shape {tensor['shape']} "
+                              f"(sidecar {sidecar_path(artifact)}); "
                               "export it again (exports have a dynamic batch axis) or pass --max-batch 0")  # fmt: skip
     if backend == "tensorrt":
         low, high = _profile_batch_range(artifact, sidecar)
@@ -368,8 +370,8 @@ def _batch_list(text: str) -> list[int]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m deploy.triton", description=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("artifact", type=Path, help="an ONNX (.onnx), OpenVINO (.xml + .bin) or TensorRT (.engine/.plan) "
-                        "artifact with its sidecar")  # fmt: skip
+    parser.add_argument("artifact", type=Path, help="an ONNX (.onnx), OpenVINO (.xml + .bin) "
+                        "or TensorRT (.engine/.plan) artifact with its sidecar")  # fmt: skip
     parser.add_argument("--repository", type=Path, required=True, help="the Triton model repository folder")
     parser.add_argument("--name", help="model name (default: the artifact's file name without suffix)")
     parser.add_argument(

@@ -73,7 +73,8 @@ class DetectionBatches:
     """BatchSource over a detection dataset (``batch_size`` images per global batch)."""
 
     def __init__(self, dataset: Any, batch_size: int, *, train: bool, channels: int = 3, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, num_workers: int = 0, drop_difficult: bool = True) -> None:  # fmt: skip
+                 rank: int = 0, world_size: int = 1, num_workers: int = 0,
+                 drop_difficult: bool = True) -> None:  # fmt: skip
         if batch_size % world_size:
             raise ValueError(f"global batch {batch_size} is not divisible by {world_size} processes")
         if train and len(dataset) < batch_size:

@@ -85,7 +85,8 @@ def evaluation_sets(dataset: str, root: Path, on_error: OnError = "raise") -> di
     if dataset == "coco":
         return {"coco": COCODetection(root, "val2017", on_error=on_error)}
     if dataset == "fashion-det":
-        return {"voc": voc_dataset("voc07-test", root / "VOCdevkit", class_names=FASHION_DET_CLASSES, on_error=on_error),
+        return {"voc": voc_dataset("voc07-test", root / "VOCdevkit", class_names=FASHION_DET_CLASSES,
+                                   on_error=on_error),
                 "coco": COCODetection(root / "coco", "val2017", on_error=on_error)}  # fmt: skip
     return {"voc": voc_dataset(dataset, root, on_error=on_error)}
 

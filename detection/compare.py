@@ -37,7 +37,8 @@ def run_title(run: Path, config: dict[str, Any]) -> str:
         scores = record.metrics
         # as the record stores them (two decimals): 69.85 is a binary fraction below it, so '.1f' printed 69.8
         return (f"{title}, zoo {record.id}: VOC07 mAP {scores.get('voc_mAP', float('nan')):.2f}, COCO AP50 "
-                f"{scores.get('coco_AP50', float('nan')):.2f}, AP {scores.get('coco_AP', float('nan')):.2f}")  # fmt: skip
+                f"{scores.get('coco_AP50', float('nan')):.2f}, "
+                f"AP {scores.get('coco_AP', float('nan')):.2f}")  # fmt: skip
     metrics = run / "metrics.jsonl"
     records = (
         [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.is_file() else []
@@ -59,7 +60,8 @@ def draw(image: torch.Tensor, target: dict[str, Any], found: dict[str, torch.Ten
     text = dict(font=font_manager.findfont("DejaVu Sans"), font_size=6 * scale, fill_labels=True, label_colors="black")
     canvas = image.repeat_interleave(scale, 1).repeat_interleave(scale, 2)  # nearest-neighbour: keeps pixels visible
     if len(target["boxes"]):  # images without objects are valid
-        canvas = draw_bounding_boxes(canvas, target["boxes"] * scale, [names[int(label) - 1] for label in target["labels"]],
+        canvas = draw_bounding_boxes(canvas, target["boxes"] * scale,
+                                     [names[int(label) - 1] for label in target["labels"]],
                                      colors="lime", width=2, **text)  # fmt: skip
     keep = found["scores"] >= threshold
     labels = [

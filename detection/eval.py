@@ -182,11 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backbone", help="zoo model name of the detector's backbone, e.g. resnet101 (required with "
                         "--weights; with --detections it only labels the table)")  # fmt: skip
     parser.add_argument("--weights", type=Path, help="detection.train run directory (or its final.safetensors), a zoo "
-                        "detector id, or a torchvision Faster R-CNN checkpoint (fasterrcnn_resnet50_fpn or _v2 .pth)")  # fmt: skip
+                        "detector id, or a torchvision Faster R-CNN checkpoint "
+                        "(fasterrcnn_resnet50_fpn or _v2 .pth)")  # fmt: skip
     parser.add_argument("--detections", type=Path, help="score these precomputed results instead of running a model")
     parser.add_argument("--dataset", choices=TEST_DATASETS, required=True, help="test set to score on")
     parser.add_argument("--data-root", type=Path, required=True,
-                        help="VOCdevkit (VOC), the COCO root (annotations/, val2017/), or a fashion_det output")  # fmt: skip
+                        help="VOCdevkit (VOC), the COCO root (annotations/, val2017/), "
+                        "or a fashion_det output")  # fmt: skip
     parser.add_argument("--metric", choices=METRICS, help="VOC metric (default: voc07 on VOC07 test, voc12 otherwise)")
     parser.add_argument("--output", type=Path, help="where result files and pictures go (default: RUN/eval-DATASET; "
                         "for a torchvision checkpoint FILE: STEM-eval-DATASET beside it)")  # fmt: skip

@@ -138,14 +138,16 @@ def identify_state_dict(state: Mapping[str, torch.Tensor], source: str) -> Torch
     versions = [version for version, expected in TORCHVISION_FPN_PARTS.items() if expected == parts]
     if not versions:
         raise NotATorchvisionDetector(f"{source}: a Faster R-CNN with parts {parts}, neither torchvision's v1 "
-                                      f"{TORCHVISION_FPN_PARTS['v1']} nor v2 {TORCHVISION_FPN_PARTS['v2']}")  # fmt: skip
+                                      f"{TORCHVISION_FPN_PARTS['v1']} "
+                                      f"nor v2 {TORCHVISION_FPN_PARTS['v2']}")  # fmt: skip
     scores, deltas = (
         state["roi_heads.box_predictor.cls_score.weight"],
         state.get("roi_heads.box_predictor.bbox_pred.weight"),
     )
     if scores.dim() != 2 or deltas is None or deltas.shape[0] != 4 * scores.shape[0]:
         found = "missing" if deltas is None else tuple(deltas.shape)
-        raise NotATorchvisionDetector(f"{source}: roi_heads.box_predictor.cls_score.weight has shape {tuple(scores.shape)} "
+        raise NotATorchvisionDetector(f"{source}: roi_heads.box_predictor.cls_score.weight has shape "
+                                      f"{tuple(scores.shape)} "
                                       f"but bbox_pred.weight {found}: expected 4 box deltas per class")  # fmt: skip
     return TorchvisionDetector(source, versions[0], _resnet_arch(state, source), int(scores.shape[0]))
 

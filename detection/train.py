@@ -65,12 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", choices=TRAIN_DATASETS, required=True, help="training set; its recipe sets the "
                         "defaults (voc07+12 trains on VOC07+12 trainval and tests on VOC07 test)")  # fmt: skip
     parser.add_argument("--data-root", type=Path, required=True,
-                        help="VOCdevkit (VOC), the COCO root (annotations/, train2017/), or a fashion_det output")  # fmt: skip
+                        help="VOCdevkit (VOC), the COCO root (annotations/, train2017/), "
+                        "or a fashion_det output")  # fmt: skip
     parser.add_argument("--skip-bad-annotations", action="store_true", help="skip (and count) bad objects/images")
     parser.add_argument("--images-per-batch", type=POSITIVE_INT, help="global batch in images (recipe: VOC 1, COCO 8)")
     parser.add_argument("--lr", type=POSITIVE, help="base learning rate (default: the recipe's, scaled to the batch)")
     parser.add_argument("--steps", type=POSITIVE_INT, nargs="*", help="iterations where lr is divided by 10")
-    parser.add_argument("--max-iters", type=POSITIVE_INT, help="training length (default: the recipe's, scaled to the batch; "
+    parser.add_argument("--max-iters", type=POSITIVE_INT, help="training length (default: the recipe's, "
+                        "scaled to the batch; "
                         "a shorter run keeps the recipe's lr steps at the same fractions)")  # fmt: skip
     parser.add_argument("--warmup-iters", type=COUNT, help="linear lr warm-up length (default: the recipe's)")
     parser.add_argument("--momentum", type=MOMENTUM, default=0.9, help="SGD momentum")
@@ -111,7 +113,8 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
                 images_per_batch=images, lr=args.lr if args.lr is not None else lr,
                 steps=args.steps if args.steps is not None else steps, max_iters=args.max_iters or iters,
                 warmup_iters=args.warmup_iters if args.warmup_iters is not None else recipe.warmup_iters,
-                momentum=args.momentum, weight_decay=args.weight_decay, model=model, seed=args.seed, amp=args.amp)  # fmt: skip
+                momentum=args.momentum, weight_decay=args.weight_decay, model=model, seed=args.seed,
+                amp=args.amp)  # fmt: skip
 
 
 def read_init_checkpoint(args: argparse.Namespace) -> tuple[TorchvisionDetector, dict[str, torch.Tensor]]:
@@ -164,7 +167,8 @@ def build_detector(config: dict[str, Any], num_classes: int, load_backbone_weigh
         channels = config.get("channels")
         options["in_chans"] = channels
         options["normalisation"] = ((config["image_mean"], config["image_std"]) if "image_mean" in config
-                                    else backbone_normalisation(config.get("backbone_weights"), channels or 3))  # fmt: skip
+                                    else backbone_normalisation(config.get("backbone_weights"),
+                                                                channels or 3))  # fmt: skip
     return build_faster_rcnn(config["backbone"], num_classes, design=config["design"], freeze_at=config["freeze_at"],
                              **options)  # fmt: skip
 
@@ -222,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         config["lr"], "step", config["max_iters"], config["steps"], warmup_iters=config["warmup_iters"]
     )
     engine_config = EngineConfig(output, config["max_iters"], log_every=args.log_every,
-                                 eval_every=args.eval_every or config["max_iters"], checkpoint_every=args.checkpoint_every,
+                                 eval_every=args.eval_every or config["max_iters"],
+                                 checkpoint_every=args.checkpoint_every,
                                  amp=args.amp, progress=not args.no_progress, monitor="none")  # fmt: skip
     config["engine"] = engine_config_dict(engine_config)
     trainer = Trainer(

@@ -25,8 +25,8 @@ from backbones.weights import append_record, manifest_entries, publish_run, read
 SECTION = "detectors"
 CONFIG_KEYS = ("backbone", "backbone_weights", "design", "freeze_at", "dataset", "model", "class_names", "channels",
                "image_mean", "image_std")  # fmt: skip
-RECIPE_KEYS = ("images_per_batch", "lr", "steps", "max_iters", "warmup_iters", "momentum", "weight_decay", "seed", "amp",
-               "world_size")  # fmt: skip
+RECIPE_KEYS = ("images_per_batch", "lr", "steps", "max_iters", "warmup_iters", "momentum", "weight_decay", "seed",
+               "amp", "world_size")  # fmt: skip
 _REQUIRED = (
     "id",
     "backbone",
@@ -109,7 +109,8 @@ def add_run(
         model.to(device_), test_set, data_root, channels=config["channels"], device=device_
     )
     metrics: dict[str, Any] = {"split": "test", "dataset": test_set,
-                               "command": f"python -m detection.eval --backbone {config['backbone']} --weights {zoo_id} "
+                               "command": f"python -m detection.eval --backbone {config['backbone']} "
+                                          f"--weights {zoo_id} "
                                           f"--dataset {test_set} --data-root {data_root}"}  # fmt: skip
     if "voc" in results:
         metrics.update(voc_metric=results["voc"]["metric"], voc_mAP=round(results["voc"]["mAP"], 2))

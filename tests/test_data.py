@@ -298,8 +298,8 @@ def test_the_global_batch_must_split_evenly_over_processes():
 
     assert DistContext(world_size=4).per_process_batch(256) == 64
     assert DistContext().per_process_batch(128) == 128
-    with pytest.raises(ValueError, match=r"--batch-size 130 is the global batch and must split evenly over 4 processes: "
-                                         r"use a positive multiple of 4"):  # fmt: skip
+    with pytest.raises(ValueError, match=r"--batch-size 130 is the global batch and must split evenly "
+                                         r"over 4 processes: use a positive multiple of 4"):  # fmt: skip
         DistContext(world_size=4).per_process_batch(130)
     with pytest.raises(ValueError, match="--batch-size 0 is the global batch"):
         DistContext().per_process_batch(0)

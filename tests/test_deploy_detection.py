@@ -211,8 +211,8 @@ def test_exact_resize_matches_eager_sizes(tmp_path):
         path = tmp_path / f"{name}.onnx"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(Resize(transform).eval(), (torch.rand(3, 115, 150),), str(path), dynamo=False, opset_version=17,
-                              input_names=["image"], output_names=["resized"],
+            torch.onnx.export(Resize(transform).eval(), (torch.rand(3, 115, 150),), str(path), dynamo=False,
+                              opset_version=17, input_names=["image"], output_names=["resized"],
                               dynamic_axes={"image": {1: "h", 2: "w"}, "resized": {1: "h", 2: "w"}})  # fmt: skip
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         shapes[name] = [
@@ -480,7 +480,8 @@ def test_tensorrt_graph_refuses_a_top_k_no_image_can_keep(runs):
     prepared.model.rpn._pre_nms_top_n["testing"] = 10**6
     with pytest.raises(ExportError, match=r"resnet20 c4 detector: no optimisation profile with sides from 32 to "
                                           r"--max-image-side 320 px gives every RPN level at least pre_nms_top_n = "
-                                          r"1000000 anchors; a 320x320 image gives a level only 49152 anchors"):  # fmt: skip
+                                          r"1000000 anchors; a 320x320 image gives a level only "
+                                          r"49152 anchors"):  # fmt: skip
         build_tensorrt_onnx(prepared.model, prepared, _image((120, 150), 3).float() / 255, Path("unused.onnx"),
                             ExportOptions(format="tensorrt", detector="c4", max_image_side=320))  # fmt: skip
     assert not Path("unused.onnx").exists()

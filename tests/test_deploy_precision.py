@@ -181,7 +181,8 @@ def test_reduced_precision_bad_input_is_named(calibration_pngs, tmp_path, monkey
         export_model("resnet18", None, tmp_path / "a.onnx", precision="fp16", eval_dataset="fashion-mnist")
     with pytest.raises(ExportError, match=r"with more than --calibration-images 160 of them"):
         export_model("resnet20", "resnet20_fashion_mnist", tmp_path / "a.onnx", precision="int8",
-                     calibration_dir=calibration_pngs, calibration_images=160)  # all of them: nothing held out  # fmt: skip
+                     calibration_dir=calibration_pngs,
+                     calibration_images=160)  # all of them: nothing held out  # fmt: skip
     assert not list(tmp_path.glob("a.*")) and not list(tmp_path.glob(".a.*"))
 
 
@@ -264,7 +265,8 @@ def test_c4_detector_in_reduced_precision_keeps_its_map(fmt, precision, planted_
         if precision == "int8":  # Q/DQ only around the trunk's and heads' layers
             computing = [n for n in graph.node if set(n.input) & produced and n.op_type in ("Conv", "Gemm", "MatMul")]
             assert computing and all(n.name.startswith(REDUCED_SCOPES) for n in computing)
-            kept = [n for n in graph.node if n.name.startswith(("/detector/rpn/head/cls_logits", "/detector/rpn/head/bbox_pred",
+            kept = [n for n in graph.node if n.name.startswith(("/detector/rpn/head/cls_logits",
+                                                                "/detector/rpn/head/bbox_pred",
                                                                  "/detector/roi_heads/box_predictor/"))]  # fmt: skip
             assert kept and not [n.name for n in kept if set(n.input) & produced and n.op_type != "Add"]
         assert graph_precision(out)["fp16_initializers"] > 0 or precision == "int8"

@@ -41,7 +41,8 @@ def r20_dynamic_hw(tmp_path_factory) -> Path:
 
 
 def _variant(source: Path, target: Path, content: bytes | None = None, **changes) -> Path:
-    """A copy of ``source`` (or ``content``) at ``target`` with a sidecar edited by ``changes`` (callables or values)."""
+    """A copy of ``source`` (or ``content``) at ``target`` with a sidecar edited by ``changes`` \
+(callables or values)."""
     if content is None:
         shutil.copy(source, target)
     else:
@@ -73,8 +74,9 @@ def _model_config_class() -> type:
         name="triton_model_config_subset.proto", package="inference", syntax="proto3"
     )
     data_type = file.enum_type.add(name="DataType")
-    for number, name in enumerate(["TYPE_INVALID", "TYPE_BOOL", "TYPE_UINT8", "TYPE_UINT16", "TYPE_UINT32", "TYPE_UINT64",
-                                   "TYPE_INT8", "TYPE_INT16", "TYPE_INT32", "TYPE_INT64", "TYPE_FP16", "TYPE_FP32",
+    for number, name in enumerate(["TYPE_INVALID", "TYPE_BOOL", "TYPE_UINT8", "TYPE_UINT16", "TYPE_UINT32",
+                                   "TYPE_UINT64", "TYPE_INT8", "TYPE_INT16", "TYPE_INT32", "TYPE_INT64", "TYPE_FP16",
+                                   "TYPE_FP32",
                                    "TYPE_FP64", "TYPE_STRING", "TYPE_BF16"]):  # fmt: skip
         data_type.value.add(name=name, number=number)
 
@@ -92,11 +94,14 @@ def _model_config_class() -> type:
         return proto
 
     message("ModelTensorReshape", [("shape", 1, F.TYPE_INT64, True)])
-    message("ModelInput", [("name", 1, F.TYPE_STRING, False), ("data_type", 2, F.TYPE_ENUM, False, ".inference.DataType"),
-                           ("format", 3, F.TYPE_ENUM, False, ".inference.ModelInput.Format"), ("dims", 4, F.TYPE_INT64, True),
+    message("ModelInput", [("name", 1, F.TYPE_STRING, False),
+                           ("data_type", 2, F.TYPE_ENUM, False, ".inference.DataType"),
+                           ("format", 3, F.TYPE_ENUM, False, ".inference.ModelInput.Format"),
+                           ("dims", 4, F.TYPE_INT64, True),
                            ("reshape", 5, F.TYPE_MESSAGE, False, ".inference.ModelTensorReshape")],
             {"Format": ["FORMAT_NONE", "FORMAT_NHWC", "FORMAT_NCHW"]})  # fmt: skip
-    message("ModelOutput", [("name", 1, F.TYPE_STRING, False), ("data_type", 2, F.TYPE_ENUM, False, ".inference.DataType"),
+    message("ModelOutput", [("name", 1, F.TYPE_STRING, False),
+                            ("data_type", 2, F.TYPE_ENUM, False, ".inference.DataType"),
                             ("dims", 3, F.TYPE_INT64, True), ("label_filename", 4, F.TYPE_STRING, False),
                             ("reshape", 5, F.TYPE_MESSAGE, False, ".inference.ModelTensorReshape")])  # fmt: skip
     message("ModelDynamicBatching", [("preferred_batch_size", 1, F.TYPE_INT32, True),
@@ -112,7 +117,8 @@ def _model_config_class() -> type:
                             ("input", 5, F.TYPE_MESSAGE, True, ".inference.ModelInput"),
                             ("output", 6, F.TYPE_MESSAGE, True, ".inference.ModelOutput"),
                             ("instance_group", 7, F.TYPE_MESSAGE, True, ".inference.ModelInstanceGroup"),
-                            ("dynamic_batching", 11, F.TYPE_MESSAGE, False, ".inference.ModelDynamicBatching")])  # fmt: skip
+                            ("dynamic_batching", 11, F.TYPE_MESSAGE, False,
+                             ".inference.ModelDynamicBatching")])  # fmt: skip
     entry = config.nested_type.add(name="ParametersEntry")  # map<string, ModelParameter> parameters = 14
     entry.options.map_entry = True
     entry.field.add(name="key", number=1, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
@@ -141,7 +147,8 @@ def _graph_tensors(path: Path, which: str) -> list[tuple[str, str, list[int]]]:
     initialisers = {init.name for init in graph.initializer}
     values = [v for v in getattr(graph, which) if v.name not in initialisers]
     return [(v.name, ONNX_TO_TRITON[v.type.tensor_type.elem_type],
-             [d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim]) for v in values]  # fmt: skip
+             [d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim])
+            for v in values]  # fmt: skip
 
 
 def _config_tensors(tensors) -> list[tuple[str, str, list[int]]]:

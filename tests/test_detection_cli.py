@@ -58,7 +58,8 @@ def test_training_writes_config_losses_and_weights(detector_run):
 def test_eval_writes_results_json_and_pictures_and_rescoring_them_agrees(detector_run, benchmark, tmp_path, capsys):
     out = tmp_path / "eval.json"
     eval_main(["--backbone", "resnet20", "--weights", str(detector_run), "--dataset", "fashion-det",
-               "--data-root", str(benchmark), "--json", str(out), "--visualize", "2", "--output", str(tmp_path / "e")])  # fmt: skip
+               "--data-root", str(benchmark), "--json", str(out), "--visualize", "2",
+               "--output", str(tmp_path / "e")])  # fmt: skip
     printed = capsys.readouterr().out
     assert "Table 7 layout" in printed and "Table 8 layout" in printed and "ResNet-101 (paper" in printed
     numbers = json.loads(out.read_text())
@@ -108,8 +109,8 @@ def test_scoring_precomputed_detections_needs_no_backbone(benchmark, tmp_path, c
     found = [{"image_id": int(target["image_id"]), "category_id": int(target["labels"][0]),
               "bbox": [x1, y1, x2 - x1, y2 - y1], "score": 1.0}]  # fmt: skip
     (tmp_path / "results.json").write_text(json.dumps(found))
-    eval_main(["--detections", str(tmp_path / "results.json"), "--dataset", "fashion-det", "--data-root", str(benchmark),
-               "--json", str(tmp_path / "out.json")])  # fmt: skip
+    eval_main(["--detections", str(tmp_path / "results.json"), "--dataset", "fashion-det",
+               "--data-root", str(benchmark), "--json", str(tmp_path / "out.json")])  # fmt: skip
     assert "results.json" in capsys.readouterr().out  # the table's row is named after the results
     assert 0 < json.loads((tmp_path / "out.json").read_text())["AP50"] < 100  # one object of several found
     with pytest.raises(SystemExit, match="--weights runs a model: give its --backbone too"):
@@ -150,8 +151,9 @@ def test_compare_draws_a_row_per_run_and_a_column_per_image(detector_run, benchm
     from detection.compare import run_title
 
     out = tmp_path / "compare.png"
-    assert compare_main([str(detector_run), str(detector_run), "--dataset", "fashion-det", "--data-root", str(benchmark),
-                         "--output", str(out), "--images", "3", "--threshold", "0.0", "--scale", "2"]) == 0  # fmt: skip
+    assert compare_main([str(detector_run), str(detector_run), "--dataset", "fashion-det",
+                         "--data-root", str(benchmark), "--output", str(out), "--images", "3",
+                         "--threshold", "0.0", "--scale", "2"]) == 0  # fmt: skip
     assert f"wrote {out}" in capsys.readouterr().out
     width, height = Image.open(out).size
     assert width > height > 0  # two rows of three canvases
@@ -206,7 +208,8 @@ def test_a_grayscale_zoo_backbone_run_reloads_with_its_channels_and_statistics(b
     from detection.eval import load_detector
 
     run = tmp_path / "gray"
-    train_main(["--backbone", "resnet20", "--backbone-weights", "resnet20_fashion_mnist_6ep", "--dataset", "fashion-det",
+    train_main(["--backbone", "resnet20", "--backbone-weights", "resnet20_fashion_mnist_6ep",
+                "--dataset", "fashion-det",
                 "--data-root", str(benchmark), "--max-iters", "1", "--images-per-batch", "2", "--workers", "0",
                 "--no-progress", "--output", str(run), "--min-size", "96", "--max-size", "96"])  # fmt: skip
     config = json.loads((run / "config.json").read_text())
@@ -220,8 +223,8 @@ def test_a_grayscale_zoo_backbone_run_reloads_with_its_channels_and_statistics(b
     assert model.transform.image_mean == [0.2863] and model.transform.image_std == [0.354]
     final = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"eval"' in line][-1]
     capsys.readouterr()
-    eval_main(["--backbone", "resnet20", "--weights", str(run), "--dataset", "fashion-det", "--data-root", str(benchmark),
-               "--json", str(tmp_path / "e.json")])  # fmt: skip
+    eval_main(["--backbone", "resnet20", "--weights", str(run), "--dataset", "fashion-det",
+               "--data-root", str(benchmark), "--json", str(tmp_path / "e.json")])  # fmt: skip
     scored = json.loads((tmp_path / "e.json").read_text())
     assert scored["voc"]["mAP"] == pytest.approx(final["voc_mAP"], abs=1e-6)  # the same model, the same numbers
 

@@ -316,7 +316,8 @@ def _curve(outcomes: str, positives: int) -> tuple[np.ndarray, np.ndarray]:
 @pytest.mark.parametrize(("outcomes", "expected"), [
     # recall .1 .2 .3 at precision 1: 3/10 misses t = 0.30000000000000004 -> t = 0, .1, .2 -> 3/11 (k/10: 4/11)
     ("TTT", 3 / 11),
-    # recall up to 6/10 = 0.6, precision 1: t = 0 ... 0.6 (7 thresholds) -> 7/11 (numpy.arange's 0.6000000000000001: 6/11)
+    # recall up to 6/10 = 0.6, precision 1: t = 0 ... 0.6 (7 thresholds) -> 7/11
+    # (numpy.arange's 0.6000000000000001: 6/11)
     ("TTTTTT", 7 / 11),
     # T T T F T T T T: recall .1 .2 .3 .3 .4 .5 .6 .7, precision 1 1 1 3/4 4/5 5/6 6/7 7/8.
     # t = 0, .1, .2 -> 1; t = 0.30000000000000004 ... 0.7 (recall 7/10 reaches 1 - 3*0.1 = 0.7) -> 7/8 (5 thresholds);

@@ -90,7 +90,8 @@ def coco_document() -> dict:
     images = [{"id": image_id, "file_name": f"{image_id:012d}.jpg", "width": w, "height": h}
               for image_id, (h, w) in IMAGES.items()]  # fmt: skip
     annotations = [{"id": 1, "image_id": 139, "category_id": 1, "bbox": [1.0, 10.0, 4.0, 30.0], "iscrowd": 0},
-                   {"id": 2, "image_id": 285, "category_id": 90, "bbox": [2.0, 100.0, 5.0, 40.0], "iscrowd": 0}]  # fmt: skip
+                   {"id": 2, "image_id": 285, "category_id": 90, "bbox": [2.0, 100.0, 5.0, 40.0],
+                    "iscrowd": 0}]  # fmt: skip
     return {"images": images, "annotations": annotations, "categories": categories}
 
 

@@ -115,7 +115,8 @@ def test_detector_record_loads_and_states_its_command(record):
     assert config["class_names"] == record.class_names and model.roi_heads.box_predictor.cls_score.out_features == (
         len(record.class_names) + 1)  # fmt: skip
     assert record.metrics["command"].startswith(f"python -m detection.eval --backbone {record.backbone} "
-                                                f"--weights {record.id} --dataset {record.metrics['dataset']} ")  # fmt: skip
+                                                f"--weights {record.id} "
+                                                f"--dataset {record.metrics['dataset']} ")  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -83,7 +83,8 @@ class OnnxDetectionBackend:
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = [o.name for o in self.session.get_outputs()]
         if input_name not in inputs or not set(self.output_names) <= set(outputs):
-            raise ArtifactLoadError(f"{self.path}: the sidecar names input {input_name!r} and outputs {self.output_names}, "
+            raise ArtifactLoadError(f"{self.path}: the sidecar names input {input_name!r} "
+                                    f"and outputs {self.output_names}, "
                                     f"the model has inputs {list(inputs)} and outputs {outputs}")  # fmt: skip
         rank = len(inputs[input_name].shape)
         if rank != 3:

@@ -87,7 +87,8 @@ class OpenVINODetectionBackend:
         inputs, outputs = _port_names(self.compiled.inputs), _port_names(self.compiled.outputs)
         if input_name not in inputs or not set(self.output_names) <= set(outputs):
             raise ArtifactLoadError(f"{self.path}: the sidecar names input {input_name!r} and outputs "
-                                    f"{self.output_names}, the model has inputs {inputs} and outputs {outputs}")  # fmt: skip
+                                    f"{self.output_names}, the model has inputs {inputs} "
+                                    f"and outputs {outputs}")  # fmt: skip
         self.request = self.compiled.create_infer_request()
 
     def __call__(self, image: torch.Tensor) -> Detections:

@@ -26,7 +26,8 @@ class AotiBackend:
             self.runner: Any = torch._inductor.aoti_load_package(str(self.path))
         except Exception as error:  # a corrupt zip, a package for another torch or platform
             raise ArtifactLoadError(f"{self.path}: cannot load the AOTInductor package ({type(error).__name__}: "
-                                    f"{error}); it must be loaded by the torch version that compiled it") from None  # fmt: skip
+                                    f"{error}); it must be loaded by the torch version "
+                                    "that compiled it") from None  # fmt: skip
 
     @torch.no_grad()
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:

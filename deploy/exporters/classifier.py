@@ -103,7 +103,8 @@ class Work:
                 raise ExportError("--precision int8 needs real images to calibrate on: --calibration-dir DIR (any "
                                   "layout) or --calibration-dataset NAME (its training split)")  # fmt: skip
             self.precision_record = quantize_int8(self.fp32_graph(), target, self.calibration_batches(),
-                                                  method=self.options.calibration_method, scheme=self.options.int8_scheme,
+                                                  method=self.options.calibration_method,
+                                                  scheme=self.options.int8_scheme,
                                                   reduce_range=self.options.int8_reduce_range)  # fmt: skip
             self.precision_record["calibration"] = {
                 **self.calibration.describe(),
@@ -146,7 +147,8 @@ def _export_tensorrt(work: Work, path: Path) -> dict[str, Any]:
     record = build_engine(work.graph(), path, BuildOptions(profiles, options.workspace_gib, options.timing_cache,
                                                            graph_precision=options.precision))  # fmt: skip
     record["timing_cache"] = options.timing_cache.name if options.timing_cache else None
-    return {"exporter": "torch.onnx.export(dynamo=False) + TensorRT OnnxParser/build_serialized_network (strongly typed)",
+    return {"exporter": "torch.onnx.export(dynamo=False) + TensorRT OnnxParser/build_serialized_network "
+                        "(strongly typed)",
             "opset": options.opset, "tensorrt": record}  # fmt: skip
 
 
@@ -229,7 +231,8 @@ def check_parity(reference: torch.nn.Module, run: Callable[[torch.Tensor], torch
           f"top-1 agreement {100 * agree / count:.0f}%")  # fmt: skip
     if gating and not worst_rel <= tolerance:
         raise ExportError(f"{label}: the artifact does not match PyTorch: relative error {worst_rel:.3e} > tolerance "
-                          f"{tolerance:.0e} (max abs error {worst_abs:.3e}, top-1 agreement {agree}/{count})")  # fmt: skip
+                          f"{tolerance:.0e} (max abs error {worst_abs:.3e}, "
+                          f"top-1 agreement {agree}/{count})")  # fmt: skip
     return parity
 
 
@@ -251,8 +254,8 @@ def build_sidecar(
     c, s = prepared.channels, prepared.input_size
     hw: list[int | str] = ["height", "width"] if options.dynamic_hw else [s, s]
     io_dtype = "float16" if options.format == "aoti" and options.precision == "fp16" else "float32"
-    device = {"onnx": "any", "eager": "any", "tensorrt": "cuda", "openvino": "cpu"}.get(options.format,
-                                                                                       info.get("device", "cpu"))  # fmt: skip
+    device = {"onnx": "any", "eager": "any", "tensorrt": "cuda", "openvino": "cpu"}.get(
+        options.format, info.get("device", "cpu"))  # fmt: skip
     axes = {tensor: {str(axis): axis_name for axis, axis_name in mapping.items()}
             for tensor, mapping in onnx_dynamic_axes(options.dynamic_hw).items()}  # fmt: skip
     export_info = {k: v for k, v in info.items() if k not in ("tensorrt", "device", "openvino")}

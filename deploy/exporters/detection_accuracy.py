@@ -152,7 +152,8 @@ def compare_on_test_set(prepared: PreparedDetector, backend: DetectorBackend, op
               "results": {"fp32": reference, "artifact": artifact}}  # fmt: skip
     matched = record["confident_detections"] = confident_matches(ref_predictions, art_predictions)
     print(f"{label} on {name} ({len(ref_predictions)} images): {metric} {artifact_map:.1f} vs fp32 {fp32_map:.1f}; "
-          f"{matched['matched']}/{matched['reference_confident']} of fp32's confident detections found again")  # fmt: skip
+          f"{matched['matched']}/{matched['reference_confident']} of fp32's confident detections "
+          "found again")  # fmt: skip
     if drop > options.max_accuracy_drop:
         raise ExportError(f"{label}: on {name}, {metric} {artifact_map:.2f} vs fp32 {fp32_map:.2f}: loses {drop:.2f} "
                           f"points, more than --max-accuracy-drop {options.max_accuracy_drop:g}")  # fmt: skip

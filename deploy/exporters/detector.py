@@ -316,7 +316,8 @@ def check_detection_parity(reference: Any, run: Callable[[torch.Tensor], Detecti
             raise ExportError(f"{label}: running the artifact on an image of shape {tuple(image.shape)} failed "
                               f"({type(error).__name__}: {error})") from None  # fmt: skip
         row = {"shape": list(image.shape), **match_detections(expected, got, score_thresh=score_thresh,
-                                                               max_detections=max_detections, box_tolerance=box_tolerance,
+                                                               max_detections=max_detections,
+                                                              box_tolerance=box_tolerance,
                                                                score_tolerance=score_tolerance)}  # fmt: skip
         rows.append(row)
         if gating and (row["unmatched"] or row["extra"]):
@@ -338,7 +339,8 @@ def check_detection_parity(reference: Any, run: Callable[[torch.Tensor], Detecti
             "metric": "detections paired by score order (same label, score within "
                       f"{score_tolerance:g}); largest box coordinate difference in input pixels",
             "score_thresh": score_thresh, "compared": compared, "max_box_error_px": worst_box,
-            "max_score_error": worst_score, "tolerance_px": box_tolerance if gating else None, "images": rows}  # fmt: skip
+            "max_score_error": worst_score, "tolerance_px": box_tolerance if gating else None,
+            "images": rows}  # fmt: skip
 
 
 # ---------------------------------------------------------------- the sidecar
@@ -377,7 +379,8 @@ def detection_sidecar(prepared: PreparedDetector, artifact: Path, name: str, opt
         "class_names": prepared.class_names,
         "tools": {**tool_versions(), **({"tensorrt": tensorrt["version"]} if tensorrt else {})},
         "export": {"exporter": exporter, "opset": options.opset,
-                   "resize": "deploy.exporters.detector.ExactResizeTransform (eager PyTorch's float64 size, in integer arithmetic)",
+                   "resize": "deploy.exporters.detector.ExactResizeTransform "
+                             "(eager PyTorch's float64 size, in integer arithmetic)",
                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": options.command},
         "quantization": built.get("quantization"),
         "parity": None,
@@ -484,7 +487,8 @@ def _build(model: nn.Module, prepared: PreparedDetector, example: torch.Tensor, 
 
         if options.precision == "int8" and options.int8_scheme != "symmetric":
             raise ExportError("TensorRT needs symmetric INT8 (zero points 0): use --int8-scheme symmetric")
-        built["tensorrt"] = build_engine(graph, staged, BuildOptions(profiles, options.workspace_gib, options.timing_cache,
+        built["tensorrt"] = build_engine(graph, staged, BuildOptions(profiles, options.workspace_gib,
+                                                                     options.timing_cache,
                                                                      graph_precision=options.precision))  # fmt: skip
     return built
 
@@ -561,8 +565,8 @@ def export_detector(arch: str, weights: str | Path | None, output: str | Path, o
         gating = options.precision == "fp32"  # reduced precision: the mAP on real images decides
         parity = check_detection_parity(prepared.model, backend, images, tolerances[0], label, tolerances[1], gating)
         if parity["compared"] < MIN_COMPARED:
-            print(f"{label}: only {parity['compared']} detection(s) above score_thresh {parity['score_thresh']:g} on the "
-                  "check images; checking the same graph at score_thresh 0 as well")  # fmt: skip
+            print(f"{label}: only {parity['compared']} detection(s) above score_thresh {parity['score_thresh']:g} "
+                  "on the check images; checking the same graph at score_thresh 0 as well")  # fmt: skip
             parity["score_thresh_0"] = _low_threshold_check(prepared, example, images, work, options, tolerances, label,
                                                             calibration)  # fmt: skip
         data["parity"] = parity

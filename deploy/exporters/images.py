@@ -95,7 +95,8 @@ def image_files(directory: Path) -> list[Path]:
 
 
 def calibration_and_held_out(*, directory: Path | None, dataset: str | None, count: int, channels: int,
-                             root: Path | None = None, held_out: int = DEFAULT_HELD_OUT) -> tuple[ImageSet, ImageSet | None]:  # fmt: skip
+                             root: Path | None = None,
+                             held_out: int = DEFAULT_HELD_OUT) -> tuple[ImageSet, ImageSet | None]:  # fmt: skip
     """(calibration images, unlabelled held-out images not used for calibration, or None if there are none)."""
     if (directory is None) == (dataset is None):
         raise ValueError("give one calibration source: --calibration-dir DIR or --calibration-dataset NAME")
@@ -138,7 +139,8 @@ def labelled_set(spec: str, class_names: Sequence[str], channels: int, root: Pat
     for folder in sorted(p for p in directory.iterdir() if p.is_dir()):
         if folder.name not in index:
             raise ValueError(f"{folder}: no class of the model is named {folder.name!r} (classes: "
-                             f"{', '.join(list(class_names)[:8])}{', ...' if len(class_names) > 8 else ''})")  # fmt: skip
+                             f"{', '.join(list(class_names)[:8])}"
+                             f"{', ...' if len(class_names) > 8 else ''})")  # fmt: skip
         found = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         files += found
         labels += [index[folder.name]] * len(found)

@@ -111,7 +111,8 @@ def convert_fp16(source: Path, target: Path) -> dict[str, Any]:
         converted = float16.convert_float_to_float16(model, keep_io_types=True)
     onnx.save(converted, str(target))
     check_onnx_file(target)
-    return {"tool": "onnxconverter-common float16.convert_float_to_float16", "version": _version("onnxconverter-common"),
+    return {"tool": "onnxconverter-common float16.convert_float_to_float16",
+            "version": _version("onnxconverter-common"),
             "keep_io_types": True, "fp32_ops": list(float16.DEFAULT_OP_BLOCK_LIST),
             "weights_clamped_to_fp16_range": sum("truncated" in str(w.message) for w in clamped),
             **graph_precision(target)}  # fmt: skip
@@ -362,7 +363,8 @@ def graph_precision(path: Path) -> dict[str, Any]:
     ops = collections.Counter(node.op_type for node in graph.node)
     initializers = {init.name: init for init in graph.initializer}
     constants = {node.output[0]: node.attribute[0].t for node in graph.node
-                 if node.op_type == "Constant" and node.attribute and node.attribute[0].type == onnx.AttributeProto.TENSOR}  # fmt: skip
+                 if node.op_type == "Constant" and node.attribute
+                 and node.attribute[0].type == onnx.AttributeProto.TENSOR}  # fmt: skip
     nonzero = 0
     for node in graph.node:
         if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 2:

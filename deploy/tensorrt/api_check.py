@@ -216,7 +216,8 @@ def run_check(files: list[Path], bindings: Path | None, stubs: Path | None) -> t
         for uses, aliases in per_file:
             flagged = {str(p).split(": removed")[0] for p in problems}
             problems += [f"{use}: not in the TensorRT 11 bindings ({bindings.name})"
-                         for use in missing_from_bindings(uses, aliases, vocabulary, binary, ours) if str(use) not in flagged]  # fmt: skip
+                         for use in missing_from_bindings(uses, aliases, vocabulary, binary, ours)
+                         if str(use) not in flagged]  # fmt: skip
         done.append(f"names in {bindings.name}")
     return problems, done
 

@@ -62,7 +62,8 @@ class EngineBackend:
         self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         self.input_name = sidecar["inputs"][0]["name"]
         if self.inputs != [self.input_name] or not set(outputs) <= set(self.outputs):
-            raise ArtifactLoadError(f"{self.path}: the sidecar names input {self.input_name!r} and output(s) {outputs}; "
+            raise ArtifactLoadError(f"{self.path}: the sidecar names input {self.input_name!r} "
+                                    f"and output(s) {outputs}; "
                                     f"the engine has inputs {self.inputs} and outputs {self.outputs}")  # fmt: skip
         self.dtypes = {n: TORCH_DTYPES[self.engine.get_tensor_dtype(n).name] for n in names}
         self.stream = torch.cuda.Stream()

@@ -40,7 +40,8 @@ def require_tensorrt() -> None:
                                   "(pip install 'resnet-zoo[gpu]', NVIDIA's tensorrt>=10 wheels) on a machine "
                                   "with an NVIDIA GPU") from None  # fmt: skip
     if not hasattr(tensorrt, "Builder"):  # e.g. only tensorrt-stubs installed: a namespace package of .pyi files
-        raise TensorRTUnavailable(f"'import tensorrt' finds no TensorRT library (found {getattr(tensorrt, '__path__', '?')}, "
+        raise TensorRTUnavailable("'import tensorrt' finds no TensorRT library "
+                                  f"(found {getattr(tensorrt, '__path__', '?')}, "
                                   "type stubs only?); install NVIDIA's tensorrt>=10 wheels")  # fmt: skip
     if not torch.cuda.is_available():
         raise TensorRTUnavailable("TensorRT needs a CUDA GPU, and torch.cuda.is_available() is False here")

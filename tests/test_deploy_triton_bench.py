@@ -41,8 +41,7 @@ def r20_dynamic_hw(tmp_path_factory) -> Path:
 
 
 def _variant(source: Path, target: Path, content: bytes | None = None, **changes) -> Path:
-    """A copy of ``source`` (or ``content``) at ``target`` with a sidecar edited by ``changes`` \
-(callables or values)."""
+    """``source`` (or ``content``) copied to ``target``, its sidecar edited by ``changes`` (callables or values)."""
     if content is None:
         shutil.copy(source, target)
     else:
@@ -76,8 +75,7 @@ def _model_config_class() -> type:
     data_type = file.enum_type.add(name="DataType")
     for number, name in enumerate(["TYPE_INVALID", "TYPE_BOOL", "TYPE_UINT8", "TYPE_UINT16", "TYPE_UINT32",
                                    "TYPE_UINT64", "TYPE_INT8", "TYPE_INT16", "TYPE_INT32", "TYPE_INT64", "TYPE_FP16",
-                                   "TYPE_FP32",
-                                   "TYPE_FP64", "TYPE_STRING", "TYPE_BF16"]):  # fmt: skip
+                                   "TYPE_FP32", "TYPE_FP64", "TYPE_STRING", "TYPE_BF16"]):  # fmt: skip
         data_type.value.add(name=name, number=number)
 
     def message(name: str, fields: list[tuple], enums: dict[str, list[str]] | None = None) -> Any:

@@ -13,7 +13,8 @@
 #
 # The device machine has no Fashion-MNIST: carry the official IDX files, e.g.
 #   mkdir -p .fmnist && cp /usr/share/datasets/fashion-mnist/*.gz .fmnist/ && echo /.fmnist/ >> .git/info/exclude
-# and call with carry [".fmnist"]; this script reads them from there (FASHION_MNIST_DIR).
+# and call with carry [".fmnist"]; this script reads them from there (FASHION_MNIST_DIR), else from
+# $FASHION_MNIST_DIR or /usr/share/datasets/fashion-mnist.
 #
 # The recipe flags are exactly those of the CPU runs, so their checkpoints resume (the engine refuses a
 # resume whose recipe differs). They train in bf16 autocast, as the full-schedule ResNet records did; the
@@ -25,7 +26,11 @@ cd "$(dirname "$0")/.."
 SECONDS_PER_RUN=${1:-480}
 OUT=${OUT:-runs/gpu-session}
 mkdir -p "$OUT"
-export FASHION_MNIST_DIR=${FASHION_MNIST_DIR:-$PWD/.fmnist}
+# The carried copy when there is one, else $FASHION_MNIST_DIR, else the system copy (as the trainer).
+if [ -z "${FASHION_MNIST_DIR:-}" ] && [ -e .fmnist/train-images-idx3-ubyte.gz ]; then
+  export FASHION_MNIST_DIR=$PWD/.fmnist
+fi
+DATA_DIR=${FASHION_MNIST_DIR:-/usr/share/datasets/fashion-mnist}
 export PYTHONUNBUFFERED=1
 PYTHON=${PYTHON:-python}
 RE_COSINE="--weight-decay 5e-4 --random-erasing 0.5 --schedule cosine"
@@ -47,8 +52,8 @@ if [ -n "${ONLY:-}" ]; then  # ONLY="plain20-fmnist-64k resnet20-fmnist-re": a s
   RUNS=("${kept[@]}")
 fi
 
-if [ ! -e "$FASHION_MNIST_DIR/train-images-idx3-ubyte.gz" ] && [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
-  echo "error: no Fashion-MNIST training split in $FASHION_MNIST_DIR (carry .fmnist: see this script's header)" >&2
+if [ ! -e "$DATA_DIR/train-images-idx3-ubyte.gz" ]; then
+  echo "error: no Fashion-MNIST training split in $DATA_DIR (carry .fmnist: see this script's header)" >&2
   exit 2
 fi
 "$PYTHON" - <<'EOF' | tee "$OUT/machine.txt"

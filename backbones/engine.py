@@ -164,10 +164,11 @@ def metric_records(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
 
 def run_segments(metrics_path: str | Path) -> list[dict[str, Any]]:
     """How a run was executed, stretch by stretch, from the ``segment`` records of its metrics.jsonl:
-    ``[{"from_iteration": 0, "amp": "none", "compile": False, "device": "cpu", "cpu": "AVX2", "world_size": 1},
-    {"from_iteration": 11000, "amp": "bf16", ...}]``. A resume that changed none of these continues the stretch;
-    a resume that failed before its first checkpoint is replaced by the next one from the same iteration.
-    Empty when the file is missing or has no segment records (runs older than them)."""
+    ``[{"from_iteration": 0, "amp": "none", "compile": False, "device": "cpu", "cpu": "AVX2", "world_size": 1,
+    "threads": 1}, {"from_iteration": 11000, "amp": "bf16", ...}]``. A resume that changed none of these continues
+    the stretch; a resume that failed before its first checkpoint is replaced by the next one from the same
+    iteration. ``threads`` (intra-op threads per process) is None for records older than it. Empty when the file
+    is missing or has no segment records (runs older than them)."""
     path = Path(metrics_path)
     if not path.is_file():
         return []
@@ -177,7 +178,8 @@ def run_segments(metrics_path: str | Path) -> list[dict[str, Any]]:
             continue
         engine = record.get("engine", {})
         how = {"amp": engine.get("amp"), "compile": engine.get("compile"), "device": record.get("device"),
-               "cpu": record.get("cpu"), "world_size": record.get("world_size")}  # fmt: skip
+               "cpu": record.get("cpu"), "world_size": record.get("world_size"),
+               "threads": record.get("threads")}  # fmt: skip
         iteration = int(record.get("iteration", 0))
         if segments and segments[-1]["from_iteration"] == iteration:
             segments.pop()  # that start trained nothing
@@ -404,7 +406,7 @@ class Trainer:
         if self.ctx.is_main:
             self._append_record("segment", {"resumed": resumed, "world_size": self.ctx.world_size,
                                              "device": str(self.ctx.device), "cpu": cpu_description(),
-                                             "torch": torch.__version__,
+                                             "threads": torch.get_num_threads(), "torch": torch.__version__,
                                              "engine": engine_config_dict(self.config)})  # fmt: skip
 
     def record(self, kind: str, values: dict[str, float]) -> None:

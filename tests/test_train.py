@@ -432,6 +432,7 @@ def test_resume_keeps_the_recipe_and_survives_a_torn_metrics_line(tmp_path, capl
         (s["iteration"], s["resumed"], s["engine"]["channels_last"], s["engine"]["log_every"]) for s in segments
     ] == [(0, False, False, 1), (4, True, True, 2)]
     assert segments[1]["world_size"] == 1 and segments[1]["torch"] == torch.__version__
+    assert segments[1]["threads"] == torch.get_num_threads()
     assert segments[1]["cpu"] == cpu_description()
     assert json.loads((run / "config.json").read_text())["engine"]["channels_last"] is False
 
@@ -468,7 +469,7 @@ def test_resume_may_change_the_precision_and_records_each_stretch_for_the_zoo(tm
         model = torch.nn.Linear(3, 1)
         config = EngineConfig(tmp_path / "run", max_iters=max_iters, log_every=1, checkpoint_every=100, amp=amp,
                               progress=False)  # fmt: skip
-        return Trainer(model, torch.optim.SGD(model.parameters(), lr=lr), LRSchedule(lr, max_iters=12), ToyBatches(4),
+        return Trainer(model, torch.optim.SGD(model.parameters(), lr=lr), LRSchedule(lr, max_iters=14), ToyBatches(4),
                        step, config, run_config={"lr": lr, "amp": amp})  # fmt: skip
 
     def crashing_step(model, batch):
@@ -487,8 +488,20 @@ def test_resume_may_change_the_precision_and_records_each_stretch_for_the_zoo(tm
     trainer(9, "fp16").fit(resume=True)  # from a checkpoint without a gradient scale: a fresh one
     assert read_checkpoint(tmp_path / "run" / "checkpoint.pt")["scaler"]["scale"] > 0
     trainer(12, "none").fit(resume=True)  # and back, from one with a scale
+    threads = torch.get_num_threads()
+    try:  # a resume with another thread count is a stretch of its own, whatever else stays the same
+        torch.set_num_threads(threads + 1)
+        trainer(14, "none").fit(resume=True)
+    finally:
+        torch.set_num_threads(threads)
     segments = run_segments(tmp_path / "run" / "metrics.jsonl")
-    assert [(s["from_iteration"], s["amp"]) for s in segments] == [(0, "none"), (3, "bf16"), (6, "fp16"), (9, "none")]
+    assert [(s["from_iteration"], s["amp"], s["threads"]) for s in segments] == [
+        (0, "none", threads),
+        (3, "bf16", threads),
+        (6, "fp16", threads),
+        (9, "none", threads),
+        (12, "none", threads + 1),
+    ]
     assert all(s["cpu"] == cpu_description() and s["device"] == "cpu" and s["compile"] is False for s in segments)
     described = "none to iteration 3, then bf16 to iteration 6, then fp16 to iteration 9, then none"
     assert describe_amp(segments, "none") == described

@@ -43,7 +43,7 @@ def session_repo(tmp_path):
     """A copy of the script in a repository layout, with one run's unfinished checkpoint committed."""
     (tmp_path / "benchmarks").mkdir()
     shutil.copy(REPO / "benchmarks" / "gpu_session.sh", tmp_path / "benchmarks")
-    unfinished = tmp_path / "checkpoints" / "unfinished" / "resnet20-fmnist-re-cos-mean"
+    unfinished = tmp_path / "checkpoints" / "unfinished" / "resnet56-fmnist-re-cos-random"
     unfinished.mkdir(parents=True)
     (unfinished / "checkpoint.pt").write_text(json.dumps({"iteration": 24000}))
     (unfinished / "config.json").write_text("{}")
@@ -74,21 +74,21 @@ def _logged_args(log):
 
 
 def test_resumes_committed_checkpoint_and_packs_each_run(session_repo):
-    result = _run(session_repo, env_extra={"ONLY": "resnet20-fmnist-re-cos-mean resnet20-fmnist-64k"})
+    result = _run(session_repo, env_extra={"ONLY": "resnet56-fmnist-re-cos-random resnet20-fmnist-64k"})
     assert result.returncode == 0, result.stderr
     out = session_repo / "out"
     assert sorted(p.name for p in out.iterdir()) == [
         "machine.txt",
         "resnet20-fmnist-64k.tar",
-        "resnet20-fmnist-re-cos-mean.tar",
+        "resnet56-fmnist-re-cos-random.tar",
     ]
-    resumed = _tar_members(out / "resnet20-fmnist-re-cos-mean.tar")
+    resumed = _tar_members(out / "resnet56-fmnist-re-cos-random.tar")
     files = ("checkpoint.pt", "config.json", "metrics.jsonl", "train.log")
-    assert set(resumed) == {f"resnet20-fmnist-re-cos-mean/{f}" for f in files}
-    assert json.loads(resumed["resnet20-fmnist-re-cos-mean/checkpoint.pt"])["iteration"] == 24500
-    args = _logged_args(resumed["resnet20-fmnist-re-cos-mean/train.log"])
-    assert args[2] == "resnet20" and "--resume" in args
-    for flag, value in [("--schedule", "cosine"), ("--erasing-fill", "mean"), ("--weight-decay", "5e-4"),
+    assert set(resumed) == {f"resnet56-fmnist-re-cos-random/{f}" for f in files}
+    assert json.loads(resumed["resnet56-fmnist-re-cos-random/checkpoint.pt"])["iteration"] == 24500
+    args = _logged_args(resumed["resnet56-fmnist-re-cos-random/train.log"])
+    assert args[2] == "resnet56" and "--resume" in args
+    for flag, value in [("--schedule", "cosine"), ("--erasing-fill", "random"), ("--weight-decay", "5e-4"),
                         ("--random-erasing", "0.5"), ("--amp", "bf16"), ("--checkpoint-every", "500")]:  # fmt: skip
         assert args[args.index(flag) + 1] == value, flag
 

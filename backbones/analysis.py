@@ -18,6 +18,7 @@ import math
 import re
 import shlex
 import sys
+import textwrap
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -131,6 +132,14 @@ def _save(figure: Any, output: str | Path) -> Path:
     return output
 
 
+PANEL_TITLE_CHARS = 60  # what fits across one 6.5-inch panel at matplotlib's default title size
+
+
+def panel_title(title: str) -> str:
+    """The title broken into lines that fit its panel (matplotlib clips a long one at the figure edge)."""
+    return textwrap.fill(title, PANEL_TITLE_CHARS, break_on_hyphens=False)
+
+
 def _pyplot() -> Any:
     import matplotlib
 
@@ -148,7 +157,7 @@ def plot_panels(panels: Mapping[str, Mapping[str, str | Path]], output: str | Pa
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for axis, (title, runs) in zip(axes[0], panels.items()):
         _draw(axis, runs, colors)
-        axis.set_title(title)
+        axis.set_title(panel_title(title))
         if ylim:
             axis.set_ylim(*ylim)
     return _save(figure, output)
@@ -315,7 +324,7 @@ def plot_responses(panels: Mapping[str, Sequence[NetResponses]], output: str | P
     figure, axes = plt.subplots(2, len(panels), figsize=(6.5 * len(panels), 7.5), dpi=110, sharey="col",
                                 squeeze=False)  # fmt: skip
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for column, (panel_title, nets) in enumerate(panels.items()):
+    for column, (title, nets) in enumerate(panels.items()):
         by_layer, ranked = axes[0, column], axes[1, column]
         for index, (net, label) in enumerate(zip(nets, _labels(nets))):
             stds = list(net.stds.values())
@@ -324,7 +333,7 @@ def plot_responses(panels: Mapping[str, Sequence[NetResponses]], output: str | P
             layers = range(1, len(stds) + 1)
             by_layer.plot(layers, stds, **style)
             ranked.plot(layers, sorted(stds, reverse=True), **style)
-        by_layer.set_title(panel_title)
+        by_layer.set_title(panel_title(title))
         by_layer.set_xlabel("layer index (original order)")
         ranked.set_xlabel("layer index (sorted by magnitude)")
         for axis in (by_layer, ranked):

@@ -74,12 +74,12 @@ def _logged_args(log):
 
 
 def test_resumes_committed_checkpoint_and_packs_each_run(session_repo):
-    result = _run(session_repo, env_extra={"ONLY": "resnet56-fmnist-re-cos-random resnet20-fmnist-64k"})
+    result = _run(session_repo, env_extra={"ONLY": "resnet56-fmnist-re-cos-random resnet20-fmnist-re-300ep"})
     assert result.returncode == 0, result.stderr
     out = session_repo / "out"
     assert sorted(p.name for p in out.iterdir()) == [
         "machine.txt",
-        "resnet20-fmnist-64k.tar",
+        "resnet20-fmnist-re-300ep.tar",
         "resnet56-fmnist-re-cos-random.tar",
     ]
     resumed = _tar_members(out / "resnet56-fmnist-re-cos-random.tar")
@@ -92,21 +92,24 @@ def test_resumes_committed_checkpoint_and_packs_each_run(session_repo):
                         ("--random-erasing", "0.5"), ("--amp", "bf16"), ("--checkpoint-every", "500")]:  # fmt: skip
         assert args[args.index(flag) + 1] == value, flag
 
-    fresh = _tar_members(out / "resnet20-fmnist-64k.tar")
-    args = _logged_args(fresh["resnet20-fmnist-64k/train.log"])
-    assert "--resume" not in args and "--schedule" not in args and "--random-erasing" not in args
-    assert json.loads(fresh["resnet20-fmnist-64k/checkpoint.pt"])["iteration"] == 500
+    fresh = _tar_members(out / "resnet20-fmnist-re-300ep.tar")
+    args = _logged_args(fresh["resnet20-fmnist-re-300ep/train.log"])
+    assert "--resume" not in args and "--schedule" not in args and args[args.index("--epochs") + 1] == "300"
+    # the run's own evaluation and checkpoint intervals (every epoch) come last, so they win
+    for flag in ("--eval-every", "--checkpoint-every"):
+        assert args[len(args) - 1 - args[::-1].index(flag) + 1] == "468", flag
+    assert json.loads(fresh["resnet20-fmnist-re-300ep/checkpoint.pt"])["iteration"] == 500
 
 
 def test_second_call_resumes_from_its_own_output(session_repo):
-    only = {"ONLY": "resnet20-fmnist-64k"}
+    only = {"ONLY": "resnet20-fmnist-re-300ep"}
     assert _run(session_repo, env_extra=only).returncode == 0
     out = session_repo / "out"
-    with tarfile.open(out / "resnet20-fmnist-64k.tar") as tar:
+    with tarfile.open(out / "resnet20-fmnist-re-300ep.tar") as tar:
         tar.extractall(out, filter="data")
     assert _run(session_repo, env_extra=only).returncode == 0
-    packed = _tar_members(out / "resnet20-fmnist-64k.tar")
-    assert json.loads(packed["resnet20-fmnist-64k/checkpoint.pt"])["iteration"] == 1000
+    packed = _tar_members(out / "resnet20-fmnist-re-300ep.tar")
+    assert json.loads(packed["resnet20-fmnist-re-300ep/checkpoint.pt"])["iteration"] == 1000
 
 
 def test_refuses_to_start_without_fashion_mnist(session_repo):
@@ -119,6 +122,6 @@ def test_refuses_to_start_without_fashion_mnist(session_repo):
 
 
 def test_uses_the_carried_copy(session_repo):
-    assert _run(session_repo, env_extra={"ONLY": "resnet20-fmnist-64k"}).returncode == 0
-    log = _tar_members(session_repo / "out" / "resnet20-fmnist-64k.tar")["resnet20-fmnist-64k/train.log"]
+    assert _run(session_repo, env_extra={"ONLY": "resnet20-fmnist-re-300ep"}).returncode == 0
+    log = _tar_members(session_repo / "out" / "resnet20-fmnist-re-300ep.tar")["resnet20-fmnist-re-300ep/train.log"]
     assert f"DATA {session_repo / '.fmnist'}\n" in log  # what the real trainer would read

@@ -5,9 +5,9 @@
 #
 # Each run resumes from checkpoints/unfinished/NAME/ when that folder is committed (the runs began
 # on a CPU in an earlier session), else from $OUT/NAME/ (an earlier call of this session), else
-# starts. Every run is stopped after SECONDS by SIGTERM, on which the trainer finishes the
-# iteration and writes its checkpoint (atomic; also every 500 iterations); its checkpoint.pt, config.json,
-# metrics.jsonl and log come back as $OUT/NAME.tar (the device returns at most 8 files: a tar per run and machine.txt),
+# starts. Every run is stopped after SECONDS by SIGTERM, on which the trainer finishes the iteration
+# and writes its checkpoint (atomic; also every --checkpoint-every iterations); its checkpoint.pt,
+# config.json, metrics.jsonl and log come back as $OUT/NAME.tar (the device returns at most 8 files: a tar per run and machine.txt),
 # which `tar -xf NAME.tar -C checkpoints/unfinished/` puts where the next call or session resumes
 # it. A finished run (its last eval record is at its last iteration: 64000, or 140400 for 300 epochs)
 # goes into the zoo from there.

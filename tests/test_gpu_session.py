@@ -97,7 +97,8 @@ def test_resumes_committed_checkpoint_and_packs_each_run(session_repo):
     assert "--resume" not in args and "--schedule" not in args and args[args.index("--epochs") + 1] == "300"
     # the run's own evaluation and checkpoint intervals (every epoch) come last, so they win
     for flag in ("--eval-every", "--checkpoint-every"):
-        assert args[len(args) - 1 - args[::-1].index(flag) + 1] == "468", flag
+        last = max(i for i, arg in enumerate(args) if arg == flag)
+        assert args.count(flag) == 2 and args[last + 1] == "468", flag
     assert json.loads(fresh["resnet20-fmnist-re-300ep/checkpoint.pt"])["iteration"] == 500
 
 

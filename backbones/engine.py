@@ -115,7 +115,7 @@ CHECKPOINT_NAME = "checkpoint.pt"
 FREE_ON_RESUME = frozenset({"engine", "world_size", "data", "data_root", "eval_every", "amp"})
 # Run-config keys added after runs were already checkpointed, with the value an older run trained with:
 # a checkpoint without the key resumes only where the current value equals it.
-KEYS_ADDED_LATER: dict[str, Any] = {"random_erasing": 0.0, "erasing_fill": None}
+KEYS_ADDED_LATER: dict[str, Any] = {"random_erasing": 0.0, "erasing_fill": None, "native_size": False}
 
 
 def refuse_finished_or_running(output_dir: Path) -> None:
@@ -210,7 +210,7 @@ def recipe_and_segments(run_dir: str | Path, config: dict[str, Any], keys: Itera
     """A zoo record's ``recipe`` (``keys`` of the run's config.json, ``amp`` as the run really trained) and
     ``segments`` (how each stretch ran), for backbone and detector records alike."""
     segments = run_segments(Path(run_dir) / "metrics.jsonl")
-    recipe = {key: config.get(key) for key in keys}
+    recipe = {key: config.get(key, KEYS_ADDED_LATER.get(key)) for key in keys}  # a key older runs lack: their value
     recipe["amp"] = describe_amp(segments, config.get("amp", "none"))
     return {"recipe": recipe, "segments": segments}
 

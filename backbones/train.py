@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
                       "/usr/share/datasets/fashion-mnist)")  # fmt: skip
     data.add_argument("--val-split", type=COUNT, help="hold out this many training images for validation; 0 = "
                       "validate on the test split (recipe: 5000 on CIFAR-10, as §4.2's 45k/5k)")  # fmt: skip
+    data.add_argument("--native-size", action="store_true", help="train and evaluate at the dataset's own image "
+                      "size (Fashion-MNIST: 28x28, 7x7 before the pooling) instead of zero-padding it to the CIFAR "
+                      "nets' 32x32 (§4.2); as the Random Erasing authors' Fashion-MNIST script, with 1.31x fewer "
+                      "multiply-adds")  # fmt: skip
     data.add_argument("--workers", type=COUNT, default=8, help="DataLoader workers (ImageNet)")
     data.add_argument("--gpu-decode", action="store_true", help="decode ImageNet JPEGs on the GPU (torchvision.io)")
     data.add_argument("--data-on-device", choices=("auto", "yes", "no"), default="auto",
@@ -191,6 +195,10 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     if args.random_erasing and dataset == "imagenet":
         raise SystemExit("--random-erasing is a batch augmentation of the in-memory datasets (CIFAR-10, "
                          "Fashion-MNIST); the ImageNet pipeline does not apply it")  # fmt: skip
+    if args.native_size and dataset == "imagenet":
+        raise SystemExit("--native-size applies to the in-memory datasets (CIFAR-10, Fashion-MNIST); ImageNet nets "
+                         "take their crops at 224x224")  # fmt: skip
+    config["native_size"] = args.native_size
     config.update(arch=args.arch, family=entry.family, seed=args.seed, amp=args.amp, patience=args.patience,
                   data=str(args.data) if args.data else None, random_erasing=args.random_erasing,
                   erasing_fill=args.erasing_fill if args.random_erasing else None)  # fmt: skip
@@ -249,7 +257,7 @@ def build_data(config: dict[str, Any], ctx: DistContext, data_on_device: str, wo
     if on_device:
         train_set, val_set, test_set = (d.to(ctx.device) for d in (train_set, val_set, test_set))
     mean, std = channel_stats(train_set)
-    size = max(32, train_set.images.shape[-1])
+    size = train_set.images.shape[-1] if config.get("native_size") else max(32, train_set.images.shape[-1])
     preprocess = Preprocess(size, train_set.channels, tuple(mean), tuple(std), pad_to=size)
 
     augment = train_augmentation(config, preprocess)

@@ -21,7 +21,7 @@ from .registry import create_model
 from .weights import append_record, publish_run, read_finished_run, read_zoo, zoo_path
 
 RECIPE_KEYS = ("batch_size", "lr", "momentum", "weight_decay", "schedule", "milestones", "max_iters", "val_split",
-               "warmup_lr", "warmup_until_error", "random_erasing", "erasing_fill", "seed", "amp",
+               "warmup_lr", "warmup_until_error", "random_erasing", "erasing_fill", "native_size", "seed", "amp",
                "world_size")  # fmt: skip
 
 

@@ -1,8 +1,6 @@
 """In-memory datasets in their official formats, batch augmentation, and LR schedules."""
 
-import gzip
 import pickle
-import struct
 
 import numpy as np
 import pytest
@@ -19,21 +17,6 @@ from backbones.datasets import (
     train_val_split,
 )
 from backbones.schedule import LRSchedule
-
-
-def write_idx(path, array, compress=True):
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    data = header + array.astype(np.uint8).tobytes()
-    (gzip.open if compress else open)(path, "wb").write(data)
-
-
-@pytest.fixture
-def tiny_fashion_mnist(tmp_path):
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", 12), ("t10k", 5)):
-        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
-        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10, compress=False)
-    return tmp_path
 
 
 def test_fashion_mnist_idx_files_load_in_the_official_layout(tiny_fashion_mnist):

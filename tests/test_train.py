@@ -218,13 +218,39 @@ def test_resume_refuses_a_checkpoint_of_another_architecture(tmp_path):
         train_main(args)
 
 
+def test_native_size_trains_at_the_datasets_own_28x28_where_the_default_pads_to_32(tiny_fashion_mnist, tmp_path):
+    from backbones.distributed import init_distributed
+    from backbones.train import build_data
+
+    for flags, size in (([], 32), (["--native-size"], 28)):
+        args = ["resnet20", "--dataset", "fashion-mnist", "--data", str(tiny_fashion_mnist), "--batch-size", "4",
+                "--device", "cpu", *flags]  # fmt: skip
+        config = resolve_config(build_parser().parse_args(args))
+        assert config["native_size"] is bool(flags)
+        data = build_data(config, init_distributed("cpu"), "no", 0, False)
+        assert (data.preprocess.input_size, data.preprocess.pad_to) == (size, size)
+        images, _ = next(iter(data.train.batches(0)))
+        test_images, _ = next(iter(data.val.batches(0)))
+        assert images.shape == (4, 1, size, size) and test_images.shape[1:] == (1, size, size)
+        if size == 32:  # the 28x28 image sits in the middle of a zero frame, before normalisation
+            raw = data.val.dataset.images[:1]
+            padded = data.preprocess(raw) * torch.tensor(data.preprocess.std) + torch.tensor(data.preprocess.mean)
+            assert padded[..., :2, :].abs().max() < 1e-6 and padded[..., 2:30, 2:30].mul(255).round().equal(raw.float())
+    run = tmp_path / "run"
+    train_main([*args, "--max-iters", "2", "--no-progress", "--output", str(run)])
+    config = json.loads((run / "config.json").read_text())
+    assert config["native_size"] is True and config["preprocessing"]["input_size"] == 28
+    with pytest.raises(SystemExit, match="--native-size applies to the in-memory datasets"):
+        resolve_config(build_parser().parse_args(["resnet18", "--native-size"]))
+
+
 def test_a_checkpoint_from_before_random_erasing_resumes_only_without_it(tmp_path):
     run = tmp_path / "run"
     train_main([*TINY, "--max-iters", "2", "--checkpoint-every", "1", "--output", str(run)])
     checkpoint = run / "checkpoint.pt"
     state = torch.load(checkpoint, weights_only=False)
     old = json.loads(state["run_config"])
-    del old["random_erasing"], old["erasing_fill"]  # what a run checkpointed before the flags existed saved
+    del old["random_erasing"], old["erasing_fill"], old["native_size"]  # what a run saved before those flags
     state["run_config"] = json.dumps(old)
     torch.save(state, checkpoint)
     with pytest.raises(SystemExit, match=re.escape("random_erasing: 0.0 in the checkpoint, 0.5 now")):
@@ -242,6 +268,9 @@ def test_a_checkpoint_from_before_random_erasing_resumes_only_without_it(tmp_pat
                 "--resume",
             ]
         )
+    with pytest.raises(SystemExit, match=re.escape("native_size: False in the checkpoint, True now")):
+        train_main([*TINY, "--max-iters", "2", "--checkpoint-every", "1", "--native-size", "--output", str(run),
+                    "--resume"])  # fmt: skip
     train_main(
         [*TINY, "--max-iters", "2", "--checkpoint-every", "1", "--output", str(run), "--resume"]
     )  # the old run's own recipe resumes

@@ -198,10 +198,10 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     if args.native_size and dataset == "imagenet":
         raise SystemExit("--native-size applies to the in-memory datasets (CIFAR-10, Fashion-MNIST); ImageNet nets "
                          "take their crops at 224x224")  # fmt: skip
-    config["native_size"] = args.native_size
     config.update(arch=args.arch, family=entry.family, seed=args.seed, amp=args.amp, patience=args.patience,
                   data=str(args.data) if args.data else None, random_erasing=args.random_erasing,
-                  erasing_fill=args.erasing_fill if args.random_erasing else None)  # fmt: skip
+                  erasing_fill=args.erasing_fill if args.random_erasing else None,
+                  native_size=args.native_size)  # fmt: skip
     constructor: dict[str, Any] = {}
     if args.shortcut:
         constructor["shortcut"] = args.shortcut

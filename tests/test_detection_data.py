@@ -3,15 +3,14 @@ fashion_det benchmark generator (from a fake Fashion-MNIST, and once from the re
 
 from __future__ import annotations
 
-import gzip
 import json
-import struct
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import write_idx
 from PIL import Image
 
 from backbones.datasets import FASHION_MNIST_DIR, ArrayDataset
@@ -517,12 +516,6 @@ def test_fashion_det_boxes_are_tight_around_visible_item_pixels():
                 assert fashion_det._overlap(a, b)[0] <= fashion_det.MAX_IOU
         placed_total += len(placed)
     assert placed_total > 10
-
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    with gzip.open(path, "wb") as handle:
-        handle.write(header + array.astype(np.uint8).tobytes())
 
 
 def test_fashion_det_cli_reads_idx_files_and_refuses_a_non_empty_output(tmp_path: Path, capsys):

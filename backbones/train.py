@@ -134,8 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue the run in --output from its checkpoint")
     run.add_argument("--device", default="auto", help="auto (cuda when there is a GPU), cpu, cuda, cuda:N")
     run.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="mixed precision autocast; "
-                     "fp16 adds a grad scaler. On a CPU, bf16 needs AVX512-BF16 or AMX and pays surely only with AMX "
-                     "(an AVX512-BF16 Xeon without AMX measured it slower than fp32): "
+                     "fp16 adds a grad scaler. On a CPU, bf16 needs AVX512-BF16 or AMX and still may not pay (measured "
+                     "2.2x fp32 with AMX, 1.6x on a Zen 5 EPYC, 0.8x on an AVX512-BF16 Xeon without AMX): "
                      "benchmarks/train_throughput.py compares")  # fmt: skip
     run.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster with tensor cores "
                      "and on most CPUs: benchmarks/train_throughput.py compares)")  # fmt: skip

@@ -149,9 +149,9 @@ def _pyplot() -> Any:
     return plt
 
 
-def plot_panels(panels: Mapping[str, Mapping[str, str | Path]], output: str | Path,
-                ylim: tuple[float, float] | None = None) -> Path:  # fmt: skip
-    """Side-by-side charts (e.g. plain nets | ResNets, as Fig. 6); each run: train dashed, test bold."""
+def panels_figure(panels: Mapping[str, Mapping[str, str | Path]], ylim: tuple[float, float] | None = None) -> Any:
+    """The matplotlib figure of side-by-side charts (e.g. plain nets | ResNets, as Fig. 6), laid out,
+    not saved; each run: train dashed, test bold."""
     plt = _pyplot()
     figure, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), dpi=110, sharey=True, squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -160,7 +160,14 @@ def plot_panels(panels: Mapping[str, Mapping[str, str | Path]], output: str | Pa
         axis.set_title(panel_title(title))
         if ylim:
             axis.set_ylim(*ylim)
-    return _save(figure, output)
+    figure.tight_layout()
+    return figure
+
+
+def plot_panels(panels: Mapping[str, Mapping[str, str | Path]], output: str | Path,
+                ylim: tuple[float, float] | None = None) -> Path:  # fmt: skip
+    """Side-by-side charts (e.g. plain nets | ResNets, as Fig. 6) saved as a PNG at output."""
+    return _save(panels_figure(panels, ylim), output)
 
 
 def plot_runs(runs: dict[str, str | Path], output: str | Path, title: str = "",

@@ -1,7 +1,6 @@
 """backbones.analysis: training curves (Fig. 4/6) and layer responses (Fig. 7)."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -298,7 +297,7 @@ def test_training_curves_keep_their_command_line(tmp_path, capsys):
     assert not (tmp_path / "x.png").exists()
 
 
-def test_long_titles_are_wrapped_inside_the_figure(tmp_path, monkeypatch):
+def test_long_titles_are_wrapped_inside_the_figure(tmp_path):
     from backbones import analysis
 
     title = "ResNet-20 on Fashion-MNIST, §4.2 + weight decay 5e-4 + Random Erasing: step vs cosine lr, 64k it"
@@ -306,16 +305,8 @@ def test_long_titles_are_wrapped_inside_the_figure(tmp_path, monkeypatch):
     assert len(lines) == 2 and all(len(line) <= analysis.PANEL_TITLE_CHARS for line in lines)
     assert " ".join(lines) == title and analysis.panel_title("ResNets") == "ResNets"
 
-    drawn = {}
-
-    def keep(figure, output):
-        figure.canvas.draw()
-        drawn["width"] = figure.bbox.width
-        drawn["title"] = figure.axes[0].title
-        drawn["extent"] = figure.axes[0].title.get_window_extent()
-        return Path(output)
-
-    monkeypatch.setattr(analysis, "_save", keep)
-    analysis.plot_runs({"r20": _curve_run(tmp_path / "r20", 0.0)}, tmp_path / "one.png", title=title)
-    assert drawn["title"].get_text() == analysis.panel_title(title)
-    assert 0 <= drawn["extent"].x0 and drawn["extent"].x1 <= drawn["width"]
+    figure = analysis.panels_figure({title: {"r20": _curve_run(tmp_path / "r20", 0.0)}})
+    figure.canvas.draw()
+    shown, extent = figure.axes[0].title, figure.axes[0].title.get_window_extent()
+    assert shown.get_text() == analysis.panel_title(title)
+    assert 0 <= extent.x0 and extent.x1 <= figure.bbox.width

@@ -124,7 +124,6 @@ def _draw(axis, runs: Mapping[str, str | Path], colors: list[str]) -> None:
 def _save(figure: Any, output: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
-    figure.tight_layout()
     output = Path(output)
     with atomic_path(output) as tmp:
         figure.savefig(tmp, format="png")
@@ -349,6 +348,7 @@ def plot_responses(panels: Mapping[str, Sequence[NetResponses]], output: str | P
             axis.xaxis.set_major_locator(MaxNLocator(integer=True))
             axis.grid(alpha=0.3)
             axis.legend(fontsize=8)
+    figure.tight_layout()
     return _save(figure, output)
 
 

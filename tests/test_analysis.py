@@ -310,3 +310,6 @@ def test_long_titles_are_wrapped_inside_the_figure(tmp_path):
     shown, extent = figure.axes[0].title, figure.axes[0].title.get_window_extent()
     assert shown.get_text() == analysis.panel_title(title)
     assert 0 <= extent.x0 and extent.x1 <= figure.bbox.width
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)

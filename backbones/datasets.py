@@ -12,6 +12,7 @@ import gzip
 import os
 import pickle
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,7 +82,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     try:
         with opener(path, "rb") as handle:
             data = handle.read()
-    except (OSError, EOFError) as error:
+    except (OSError, EOFError, zlib.error) as error:
         raise ValueError(f"{path}: cannot read IDX file ({error})") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
         raise ValueError(f"{path}: not an IDX file (bad magic number {data[:4].hex() or 'empty'})")
@@ -131,11 +132,29 @@ def load_fashion_mnist(root: str | Path | None = None, split: str = "train") -> 
         raise ValueError(f"{images_path}: expected 3-D images (N, H, W), got shape {images.shape}")
     if labels.ndim != 1 or len(labels) != len(images):
         raise ValueError(f"{labels_path}: {labels.shape} labels for {len(images)} images in {images_path}")
+    if len(labels) and labels.max() >= len(FASHION_MNIST_CLASSES):
+        raise ValueError(f"{labels_path}: labels must lie in [0, {len(FASHION_MNIST_CLASSES)}), found {labels.max()}")
     return ArrayDataset(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)),
                         list(FASHION_MNIST_CLASSES), f"fashion-mnist/{split}")  # fmt: skip
 
 
 # ---------------------------------------------------------------- CIFAR-10 python batches
+class _CifarBatchUnpickler(pickle.Unpickler):
+    """A pickle reader that builds only what a CIFAR batch holds (dicts, lists, bytes, numpy arrays):
+    a plain ``pickle.load`` of a downloaded file would run whatever code the file names."""
+
+    _ALLOWED = {
+        (module, name)
+        for module in ("numpy.core.multiarray", "numpy._core.multiarray", "numpy")
+        for name in ("_reconstruct", "ndarray", "dtype", "scalar")
+    } | {("_codecs", "encode")}  # how Python 3 writes bytes at pickle protocol 2
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: a CIFAR batch holds only arrays")
+        return super().find_class(module, name)
+
+
 def load_cifar10(root: str | Path, split: str = "train") -> ArrayDataset:
     """CIFAR-10 from ``cifar-10-batches-py`` (``data_batch_1..5``, ``test_batch``)."""
     root = Path(root)
@@ -153,8 +172,8 @@ def load_cifar10(root: str | Path, split: str = "train") -> ArrayDataset:
             raise FileNotFoundError(f"{root}: missing {name}; expected the official cifar-10-batches-py directory")
         try:
             with open(path, "rb") as handle:
-                batch = pickle.load(handle, encoding="bytes")  # the official format is a pickle
-        except (pickle.UnpicklingError, EOFError, ValueError) as error:
+                batch = _CifarBatchUnpickler(handle, encoding="bytes").load()  # the official format is a pickle
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as error:
             raise ValueError(f"{path}: not a CIFAR-10 python batch ({error})") from None
         if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
             raise ValueError(f"{path}: expected a dict with keys b'data' and b'labels'")

@@ -5,6 +5,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from conftest import write_idx
 
 from backbones.augment import ArrayBatches, Chain, CropFlip, Preprocess, RandomErasing
 from backbones.datasets import (
@@ -39,6 +40,18 @@ def test_malformed_idx_files_name_the_file_and_problem(tiny_fashion_mnist):
         load_fashion_mnist(tiny_fashion_mnist / "nowhere", "test")
 
 
+def test_corrupt_gzip_and_out_of_range_labels_name_their_file(tiny_fashion_mnist):
+    images = tiny_fashion_mnist / "t10k-images-idx3-ubyte.gz"
+    packed = bytearray(images.read_bytes())
+    packed[20:40] = bytes(20)  # inside the deflate stream: zlib fails before the CRC check
+    images.write_bytes(bytes(packed))
+    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte.gz: cannot read IDX file"):
+        load_fashion_mnist(tiny_fashion_mnist, "test")
+    write_idx(tiny_fashion_mnist / "train-labels-idx1-ubyte", np.array([3] * 11 + [10]), compress=False)
+    with pytest.raises(ValueError, match=r"train-labels-idx1-ubyte: labels must lie in \[0, 10\), found 10"):
+        load_fashion_mnist(tiny_fashion_mnist, "train")
+
+
 @pytest.mark.skipif(
     not (FASHION_MNIST_DIR / "t10k-labels-idx1-ubyte.gz").exists(), reason="dataset-fashion-mnist not installed"
 )
@@ -62,6 +75,19 @@ def test_cifar10_python_batches(tmp_path):
     (root / "test_batch").write_bytes(pickle.dumps({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}))
     with pytest.raises(ValueError, match=r"test_batch: field 'data' must be \(N, 3072\)"):
         load_cifar10(root, "test")
+    # the official files are Python 2 pickles (protocol 2)
+    (root / "test_batch").write_bytes(pickle.dumps({b"data": np.ones((1, 3072), np.uint8), b"labels": [4]}, protocol=2))
+    assert load_cifar10(root, "test").labels.tolist() == [4]
+
+
+def test_cifar10_batches_cannot_run_code(tmp_path):
+    marker = tmp_path / "ran"
+    # a pickle whose loading would call os.system: what a tampered download could hold
+    payload = b"cos\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR."
+    (tmp_path / "test_batch").write_bytes(payload)
+    with pytest.raises(ValueError, match=r"test_batch: not a CIFAR-10 python batch \(refusing to load os.system"):
+        load_cifar10(tmp_path, "test")
+    assert not marker.exists()
 
 
 def test_synthetic_is_deterministic_and_balanced():

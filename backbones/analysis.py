@@ -57,7 +57,29 @@ def read_metrics(path: str | Path) -> list[dict]:
             raise FileNotFoundError(f"{source}: neither a run directory with a metrics.jsonl, a metrics.jsonl, nor "
                                     "a zoo id whose record kept its training log")  # fmt: skip
         path = log
-    return [record for _, record in metric_records(path)]
+    records = []
+    for number, _, record in metric_records(path):
+        _check_record(record, f"{path}, line {number}")
+        records.append(record)
+    return records
+
+
+# the fields the curves and the table read, by record kind
+_PLOTTED_FIELDS = {"train": ("error",), "eval": ("top1_err",), "test": ("top1_err",)}
+
+
+def _check_record(record: dict, where: str) -> None:
+    fields = _PLOTTED_FIELDS.get(record.get("kind"))
+    if fields is None:
+        return
+    iteration = record.get("iteration")
+    if type(iteration) is not int or iteration < 0:
+        raise ValueError(f"{where}: field 'iteration' of a {record['kind']!r} record must be a non-negative "
+                         f"integer, got {iteration!r}")  # fmt: skip
+    for field in fields:
+        value = record.get(field)
+        if field in record and (type(value) not in (int, float) or not math.isfinite(value)):
+            raise ValueError(f"{where}: field {field!r} must be a finite number, got {value!r}")
 
 
 def error_series(records: list[dict], kind: str, key: str) -> tuple[list[int], list[float]]:
@@ -364,7 +386,10 @@ def _runs(items: list[str]) -> dict[str, str]:
     runs = {}
     for item in items:
         label, _, directory = item.rpartition("=")
-        runs[label or Path(directory).name] = directory
+        label = label or Path(directory).name
+        if label in runs:
+            raise ValueError(f"two runs labelled {label!r} ({runs[label]} and {directory}): name them LABEL=DIR")
+        runs[label] = directory
     return runs
 
 
@@ -455,16 +480,19 @@ def main(argv: list[str] | None = None) -> int:
     if stray:
         parser.error(f"{', '.join(stray)}: only for '{RESPONSES}' "
                      f"(python -m backbones.analysis {RESPONSES} NET=WEIGHTS ...)")  # fmt: skip
-    panels = {title: _runs(items) for title, *items in (args.panel or [])}
-    if args.runs:
-        panels[args.title] = _runs(args.runs)
+    try:
+        panels = {title: _runs(items) for title, *items in (args.panel or [])}
+        if args.runs:
+            panels[args.title] = _runs(args.runs)
+    except ValueError as error:
+        parser.error(str(error))
     if not panels or not all(panels.values()):
         parser.error("give run directories, or --panel TITLE LABEL=DIR ...")
     try:
-        plot_panels(panels, args.output, (0, args.ymax) if args.ymax else None)
         labelled = [(f"{title}: {label}" if len(panels) > 1 and title else label, run)
                     for title, runs in panels.items() for label, run in runs.items()]  # fmt: skip
-        table = final_errors_table(labelled, args.train_window or 2500)
+        table = final_errors_table(labelled, args.train_window or 2500)  # reads every log: bad ones stop it here
+        plot_panels(panels, args.output, (0, args.ymax) if args.ymax else None)
     except (ValueError, FileNotFoundError) as error:
         raise SystemExit(f"error: {_one_line(error)}") from None
     print(table)

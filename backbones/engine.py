@@ -144,9 +144,9 @@ def format_duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
-def metric_records(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
-    """(line, record) of each readable record of a metrics.jsonl; a torn line (a crash mid-write, or the line
-    a running run is writing) is dropped with a warning."""
+def metric_records(path: str | Path) -> list[tuple[int, str, dict[str, Any]]]:
+    """(line number, line, record) of each readable record of a metrics.jsonl; a torn line (a crash mid-write,
+    or the line a running run is writing) is dropped with a warning."""
     path = Path(path)
     records = []
     for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
@@ -158,7 +158,7 @@ def metric_records(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
             log.warning("%s, line %d: not a JSON record (torn by a crash?); dropped", path, number)
             continue
         if isinstance(record, dict):
-            records.append((line, record))
+            records.append((number, line, record))
     return records
 
 
@@ -173,7 +173,7 @@ def run_segments(metrics_path: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     segments: list[dict[str, Any]] = []
-    for _, record in metric_records(path):
+    for _, _, record in metric_records(path):
         if record.get("kind") != "segment":
             continue
         engine = record.get("engine", {})
@@ -383,7 +383,7 @@ class Trainer:
             return
         self.config.output_dir.mkdir(parents=True, exist_ok=True)
         if resumed and self.metrics_path.exists():  # drop records the resumed run will write again
-            kept = [line for line, record in metric_records(self.metrics_path)
+            kept = [line for _, line, record in metric_records(self.metrics_path)
                     if record.get("iteration", 0) <= self.iteration]  # fmt: skip
             atomic_write_text(self.metrics_path, "".join(f"{line}\n" for line in kept))
         elif self.metrics_path.exists():

@@ -1,6 +1,7 @@
 """backbones.analysis: training curves (Fig. 4/6) and layer responses (Fig. 7)."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -237,7 +238,7 @@ def test_bad_responses_input_is_one_clear_line(runs, tmp_path, capsys):
 
 
 def _curve_run(directory, offset: float):
-    directory.mkdir()
+    directory.mkdir(parents=True)
     records = [{"kind": "train", "iteration": i, "error": 0.5 - i / 400 + offset} for i in (20, 40, 60)]
     records += [{"kind": "eval", "iteration": 60, "top1_err": 40.0 + offset}]
     (directory / "metrics.jsonl").write_text("\n".join(map(json.dumps, records)) + "\n")
@@ -295,6 +296,31 @@ def test_training_curves_keep_their_command_line(tmp_path, capsys):
     assert _fails(["--output", str(tmp_path / "x.png")], capsys).endswith("give run directories, or --panel TITLE "
                                                                           "LABEL=DIR ...")  # fmt: skip
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ({"kind": "eval", "top1_err": 12.0}, r"line 5: field 'iteration' of a 'eval' record must be a non-negative integer, got None"),
+        ({"kind": "train", "iteration": "abc", "error": 0.1}, r"line 5: field 'iteration' .* got 'abc'"),
+        ({"kind": "train", "iteration": 80, "error": None}, r"line 5: field 'error' must be a finite number, got None"),
+        ({"kind": "eval", "iteration": 80, "top1_err": float("nan")}, r"line 5: field 'top1_err' must be a finite number, got nan"),
+    ],
+)  # fmt: skip
+def test_a_log_record_with_a_wrong_field_is_named_and_nothing_is_drawn(tmp_path, capsys, record, message):
+    run = _curve_run(tmp_path / "r20", 0.0)
+    with open(run / "metrics.jsonl", "a") as log:
+        log.write(json.dumps(record) + "\n")
+    assert re.search(f"^error: {re.escape(str(run / 'metrics.jsonl'))}, {message}$",
+                     _fails([str(run), "--output", str(tmp_path / "x.png")], capsys))  # fmt: skip
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_two_runs_with_one_label_are_refused(tmp_path, capsys):
+    first, second = _curve_run(tmp_path / "a" / "run", 0.1), _curve_run(tmp_path / "b" / "run", 0.0)
+    message = _fails([str(first), str(second), "--output", str(tmp_path / "x.png")], capsys)
+    assert message.endswith(f"error: two runs labelled 'run' ({first} and {second}): name them LABEL=DIR")
+    assert main([f"a={first}", f"b={second}", "--output", str(tmp_path / "x.png")]) == 0
 
 
 def test_long_titles_are_wrapped_inside_the_figure(tmp_path):

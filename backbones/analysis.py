@@ -74,8 +74,8 @@ def _check_record(record: dict, where: str) -> None:
         return
     iteration = record.get("iteration")
     if type(iteration) is not int or iteration < 0:
-        raise ValueError(f"{where}: field 'iteration' of a {record['kind']!r} record must be a non-negative "
-                         f"integer, got {iteration!r}")  # fmt: skip
+        raise ValueError(f"{where}: field 'iteration' ({record['kind']} record) must be a non-negative integer, "
+                         f"got {iteration!r}")  # fmt: skip
     for field in fields:
         value = record.get(field)
         if field in record and (type(value) not in (int, float) or not math.isfinite(value)):

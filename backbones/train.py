@@ -108,8 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     length.add_argument("--epochs", type=POSITIVE, help="training length in epochs (instead of --max-iters)")
     optim.add_argument("--warmup-lr", type=POSITIVE, help="learning rate during warm-up (recipe: 0.01, §4.2)")
-    optim.add_argument("--warmup-iters", type=COUNT, default=0, help="fixed warm-up length: iterations at --warmup-lr "
-                       "before the schedule starts")  # fmt: skip
+    optim.add_argument("--warmup-iters", type=COUNT, default=0, help="fixed warm-up length: N iterations at "
+                       "--warmup-lr before the schedule starts, or without --warmup-lr a linear ramp from lr/N to "
+                       "lr")  # fmt: skip
     error_fraction = number_in(float, 0, 1, high_open=True, hint=" (a fraction: 0.8 = 80 %)")
     optim.add_argument("--warmup-until-error", type=error_fraction, help="warm up until the training error (a "
                        "fraction: 0.8 = 80 %%) is below this; recipe: 0.8 with lr 0.01 for CIFAR nets of 110+ layers "
@@ -189,9 +190,15 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     if until is None and not args.warmup_iters and entry.family == "cifar" and depth >= 110:
         until = 0.8  # §4.2: ResNet-110 (and 1202)
     config["warmup_until_error"] = until or None  # 0: off
+    if args.warmup_lr is not None and not args.warmup_iters and not config["warmup_until_error"]:
+        raise SystemExit("--warmup-lr is the lr of a warm-up, and this run has none: give --warmup-iters N or "
+                         "--warmup-until-error E too")  # fmt: skip
     config["warmup_lr"] = (
         args.warmup_lr if args.warmup_lr is not None else (0.01 if config["warmup_until_error"] else None)
     )
+    if args.milestones is not None and config["schedule"] != "step":
+        raise SystemExit(f"--milestones: only the step schedule lowers the lr at milestones; this run's schedule "
+                         f"is {config['schedule']} (add --schedule step, or drop --milestones)")  # fmt: skip
     if args.erasing_fill != "random" and not args.random_erasing:
         raise SystemExit("--erasing-fill applies to Random Erasing: give --random-erasing P (> 0) too")
     if args.random_erasing and dataset == "imagenet":

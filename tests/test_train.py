@@ -575,6 +575,13 @@ def test_warm_up_and_schedule_flags_that_cannot_mean_what_was_asked_are_refused(
         train_main([*TINY, "--max-iters", "400", "--milestones", "100", "500", "900", *out])
     with pytest.raises(SystemExit, match="two kinds of warm-up: give one"):
         train_main([*TINY, "--warmup-until-error", "0.8", "--warmup-iters", "10", *out])
+    with pytest.raises(SystemExit, match="--warmup-lr is the lr of a warm-up, and this run has none"):
+        train_main([*TINY, "--warmup-lr", "0.05", *out])
+    with pytest.raises(SystemExit, match="--milestones: only the step schedule .* this run's schedule is cosine"):
+        train_main([*TINY, "--schedule", "cosine", "--milestones", "100", "200", *out])
+    ramp = resolve_config(build_parser().parse_args(["resnet20", "--warmup-iters", "100"]))
+    assert ramp["warmup_iters"] == 100 and ramp["warmup_lr"] is None  # the linear ramp the help describes
+    assert resolve_config(build_parser().parse_args(["resnet110", "--warmup-lr", "0.02"]))["warmup_lr"] == 0.02
     with pytest.raises(SystemExit, match="--schedule step needs --milestones for resnet18"):
         train_main(["resnet18", "--dataset", "synthetic", "--schedule", "step", "--max-iters", "2", *out])
     args = build_parser().parse_args(["resnet110", "--warmup-until-error", "0"])

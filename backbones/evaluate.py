@@ -56,7 +56,7 @@ def load_model(arch: str, weights: str) -> LoadedModel:
     if path.is_dir() or (path.is_file() and config_path.is_file()):
         if not config_path.is_file():
             raise ValueError(f"{path} is a directory without config.json; pass a weights file or a run directory")
-        config = json.loads(config_path.read_text())
+        config = _read_run_config(config_path)
         if config.get("arch") != arch:
             raise ValueError(f"{config_path}: the run trained {config.get('arch')}, not {arch}")
         file = path / "final.safetensors" if path.is_dir() else path
@@ -66,7 +66,30 @@ def load_model(arch: str, weights: str) -> LoadedModel:
         return LoadedModel(create_model(arch, weights=path), str(path), None, None)
     record = read_zoo().get(weights)
     model = create_model(arch, weights=weights)
-    return LoadedModel(model, weights, record.class_names if record else None, record.preprocessing if record else None)
+    if record is None:
+        return LoadedModel(model, weights, None, None)
+    return LoadedModel(model, weights, record.class_names, record.preprocessing, record.recipe.get("seed", 0))
+
+
+def _read_run_config(path: Path) -> dict[str, Any]:
+    """A run's config.json, with the fields a model is rebuilt from; else ValueError naming the file and field."""
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not a readable JSON run config ({error})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(config).__name__}")
+    for key, kind in (("class_names", list), ("constructor", dict)):
+        if not isinstance(config.get(key), kind):
+            raise ValueError(f"{path}: field {key!r} must be a JSON {'array' if kind is list else 'object'} "
+                             f"(written by backbones.train), got {config.get(key)!r:.60}")  # fmt: skip
+    return config
+
+
+def _difference(a: LoadedModel, b: LoadedModel) -> str:
+    first, second = a.preprocessing or {}, b.preprocessing or {}
+    keys = [k for k in sorted(set(first) | set(second)) if first.get(k) != second.get(k)]
+    return ", ".join(f"{k} {first.get(k)} vs {second.get(k)}" for k in keys) or f"seed {a.seed} vs {b.seed}"
 
 
 def load_test_split(dataset: str, data: Path | None, seed: int = 0) -> ArrayDataset:
@@ -132,6 +155,12 @@ def evaluate(arch: str, weights: list[str], dataset: str, data: Path | None = No
         missing = [item.source for item in loaded if item.preprocessing is None]
         if missing:
             raise ValueError(f"{missing[0]} carries no preprocessing record (use a zoo id or a run directory)")
+        for item in loaded[1:]:  # one input feeds every member (and the synthetic test set depends on the seed)
+            same_seed = dataset != "synthetic" or item.seed == loaded[0].seed
+            if item.preprocessing != loaded[0].preprocessing or not same_seed:
+                difference = _difference(item, loaded[0])
+                raise ValueError(f"{item.source} and {loaded[0].source} preprocess differently ({difference}): "
+                                 "an ensemble feeds one input to every member")  # fmt: skip
         test_set = load_test_split(dataset, data, loaded[0].seed)
         if class_names is not None and list(class_names) != list(test_set.class_names):
             raise ValueError(f"{named[0].source} was trained on the classes {class_names[:4]}... ({len(class_names)}), "

@@ -23,7 +23,7 @@ import pickle
 import re
 import shutil
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,6 +147,37 @@ def publish_run(run_dir: str | Path, weights_path: Path, zoo: Path, zoo_id: str)
         shutil.copyfile(weights_path, tmp)
     return {"file": target.name, "sha256": sha256_of(target), "size": target.stat().st_size,
             "log": keep_run_log(Path(run_dir), zoo.parent, zoo_id)}  # fmt: skip
+
+
+_ZOO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def check_zoo_id(zoo_id: str) -> str:
+    """A zoo id names ``ID.safetensors`` beside the manifest and is typed into the record's command: letters,
+    digits, ``_``, ``.`` and ``-`` only."""
+    if not _ZOO_ID.fullmatch(zoo_id):
+        raise ValueError(f"zoo id {zoo_id!r}: use letters, digits, '_', '.' and '-', starting with a letter or digit "
+                         "(it names weights/ID.safetensors and is part of the record's command)")  # fmt: skip
+    return zoo_id
+
+
+def add_verified_record(zoo: Path, section: str, record: dict[str, Any], load_back: Callable[[], object]) -> None:
+    """Append ``record`` (whose files ``publish_run`` wrote), then ``load_back()`` through the manifest; if
+    that fails, the manifest is restored and the record's files removed before the error goes on."""
+    before = zoo.read_bytes() if zoo.exists() else None
+    append_record(zoo, section, record)
+    try:
+        load_back()
+    except BaseException:
+        if before is None:
+            zoo.unlink(missing_ok=True)
+        else:
+            with atomic_path(zoo) as tmp:
+                tmp.write_bytes(before)
+        for name in (record.get("file"), (record.get("log") or {}).get("file")):
+            if name:
+                (zoo.parent / name).unlink(missing_ok=True)
+        raise
 
 
 def append_record(zoo: Path, section: str, record: dict[str, Any]) -> None:

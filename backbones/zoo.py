@@ -12,13 +12,22 @@ atomically; the new record is then loaded back through ``create_model`` to prove
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
 from typing import Any
 
 from .engine import recipe_and_segments
 from .evaluate import evaluate
 from .registry import create_model
-from .weights import append_record, publish_run, read_finished_run, read_zoo, zoo_path
+from .weights import (
+    add_verified_record,
+    check_zoo_id,
+    publish_run,
+    read_finished_run,
+    read_zoo,
+    verify_zoo_file,
+    zoo_path,
+)
 
 RECIPE_KEYS = ("batch_size", "lr", "momentum", "weight_decay", "schedule", "milestones", "max_iters", "val_split",
                "warmup_lr", "warmup_until_error", "random_erasing", "erasing_fill", "native_size", "seed", "amp",
@@ -27,12 +36,13 @@ RECIPE_KEYS = ("batch_size", "lr", "momentum", "weight_decay", "schedule", "mile
 
 def add_run(run_dir: Path, zoo_id: str, zoo: Path | None = None, device: str = "auto") -> dict[str, Any]:
     run_dir, zoo = Path(run_dir), Path(zoo) if zoo is not None else zoo_path()
+    check_zoo_id(zoo_id)
     config, weights_path = read_finished_run(run_dir, "backbones.train")
     if zoo_id in read_zoo(zoo):
         raise ValueError(f"{zoo}: id {zoo_id!r} already exists")
     metrics = evaluate(config["arch"], [str(weights_path)], config["dataset"],
                        Path(config["data"]) if config.get("data") else None, device=device)  # fmt: skip
-    data_flag = f" --data {config['data']}" if config.get("data") else ""
+    data_flag = f" --data {shlex.quote(str(config['data']))}" if config.get("data") else ""
     record = {
         "id": zoo_id,
         "arch": config["arch"],
@@ -52,9 +62,15 @@ def add_run(run_dir: Path, zoo_id: str, zoo: Path | None = None, device: str = "
         },  # fmt: skip
         **publish_run(run_dir, weights_path, zoo, zoo_id),
     }
-    append_record(zoo, "weights", record)
-    create_model(config["arch"], weights=zoo_id)  # the record must load (and verify) before we say it is there
+    add_verified_record(zoo, "weights", record, lambda: _load_back(zoo, zoo_id))
     return record
+
+
+def _load_back(zoo: Path, zoo_id: str) -> None:
+    """The record must parse, its file verify and its weights load before we say it is there."""
+    record = read_zoo(zoo)[zoo_id]
+    verify_zoo_file(record.id, record.path, record.size, record.sha256)
+    create_model(record.arch, num_classes=len(record.class_names), weights=record.path, **record.constructor)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,13 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "list":
-        for record in read_zoo().values():
-            print(f"{record.id:<28} {record.arch:<10} {record.dataset:<14} "
-                  f"top-1 err {record.metrics.get('top1_err')}%  "
-                  f"({record.metrics.get('command')})")  # fmt: skip
-        return 0
     try:
+        if args.command == "list":
+            for record in read_zoo().values():
+                print(f"{record.id:<28} {record.arch:<10} {record.dataset:<14} "
+                      f"top-1 err {record.metrics.get('top1_err')}%  "
+                      f"({record.metrics.get('command')})")  # fmt: skip
+            return 0
         added = add_run(args.run_dir, args.id, device=args.device)
     except (ValueError, FileNotFoundError) as error:
         raise SystemExit(f"error: {error}") from None

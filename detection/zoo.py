@@ -15,12 +15,21 @@ atomically), then loads the record back to prove it works. ``list`` prints the d
 from __future__ import annotations
 
 import argparse
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from backbones.engine import recipe_and_segments
-from backbones.weights import append_record, manifest_entries, publish_run, read_finished_run, verify_zoo_file, zoo_path
+from backbones.weights import (
+    add_verified_record,
+    check_zoo_id,
+    manifest_entries,
+    publish_run,
+    read_finished_run,
+    verify_zoo_file,
+    zoo_path,
+)
 
 SECTION = "detectors"
 CONFIG_KEYS = ("backbone", "backbone_weights", "design", "freeze_at", "dataset", "model", "class_names", "channels",
@@ -95,6 +104,7 @@ def add_run(
     from .inference import evaluate_test_set
 
     run_dir, zoo = Path(run_dir), Path(zoo) if zoo is not None else zoo_path()
+    check_zoo_id(zoo_id)
     config, weights_path = read_finished_run(run_dir, "detection.train")
     if zoo_id in read_detectors(zoo):
         raise ValueError(f"{zoo}: detector id {zoo_id!r} already exists")
@@ -110,8 +120,8 @@ def add_run(
     )
     metrics: dict[str, Any] = {"split": "test", "dataset": test_set,
                                "command": f"python -m detection.eval --backbone {config['backbone']} "
-                                          f"--weights {zoo_id} "
-                                          f"--dataset {test_set} --data-root {data_root}"}  # fmt: skip
+                                          f"--weights {zoo_id} --dataset {test_set} "
+                                          f"--data-root {shlex.quote(str(data_root))}"}  # fmt: skip
     if "voc" in results:
         metrics.update(voc_metric=results["voc"]["metric"], voc_mAP=round(results["voc"]["mAP"], 2))
     if "coco" in results:
@@ -120,8 +130,8 @@ def add_run(
               "class_names": config["class_names"], "config": {key: config.get(key) for key in CONFIG_KEYS},
               **recipe_and_segments(run_dir, config, RECIPE_KEYS), "metrics": metrics,
               **publish_run(run_dir, weights_path, zoo, zoo_id)}  # fmt: skip
-    append_record(zoo, SECTION, record)
-    load_detector(config["backbone"], Path(zoo_id))  # the record must load (and verify) before we say it is there
+    # the record must load (and verify) before we say it is there
+    add_verified_record(zoo, SECTION, record, lambda: load_detector(config["backbone"], Path(zoo_id)))
     return record
 
 
@@ -145,15 +155,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "list":
-        for record in read_detectors().values():
-            scores = ", ".join(
-                f"{k} {v}" for k, v in record.metrics.items() if k in ("voc_mAP", "coco_AP", "coco_AP50")
-            )
-            print(f"{record.id:<32} {record.backbone} {record.design.upper():<4} {record.dataset:<12} {scores}  "
-                  f"({record.metrics.get('command')})")  # fmt: skip
-        return 0
     try:
+        if args.command == "list":
+            for record in read_detectors().values():
+                scores = ", ".join(
+                    f"{k} {v}" for k, v in record.metrics.items() if k in ("voc_mAP", "coco_AP", "coco_AP50")
+                )
+                print(f"{record.id:<32} {record.backbone} {record.design.upper():<4} {record.dataset:<12} {scores}  "
+                      f"({record.metrics.get('command')})")  # fmt: skip
+            return 0
         added = add_run(args.run_dir, args.id, args.data_root, device=args.device)
     except (ValueError, FileNotFoundError) as error:
         raise SystemExit(f"error: {error}") from None

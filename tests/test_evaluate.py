@@ -1,6 +1,7 @@
 """backbones.evaluate and backbones.zoo on a short real training run."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -125,6 +126,82 @@ def test_zoo_add_records_the_evaluated_metric_and_loads_back(trained_run, tmp_pa
         add_run(trained_run, "resnet20_synthetic")
 
 
+@pytest.mark.parametrize("zoo_id", ["../outside", "two words", "", "-flag", "a/b"])
+def test_zoo_ids_that_are_not_plain_names_are_refused(trained_run, tmp_path, zoo_id):
+    zoo = tmp_path / "weights" / "zoo.json"
+    with pytest.raises(ValueError, match=f"zoo id {re.escape(repr(zoo_id))}: use letters, digits"):
+        add_run(trained_run, zoo_id, zoo=zoo)
+    assert not zoo.parent.exists() and not (tmp_path / "outside.safetensors").exists()
+
+
+def test_a_record_that_does_not_load_back_is_rolled_back(trained_run, tmp_path, monkeypatch):
+    import backbones.zoo
+
+    zoo = tmp_path / "weights" / "zoo.json"
+    add_run(trained_run, "kept", zoo=zoo)
+    before = zoo.read_bytes()
+
+    def refuse(*args, **kwargs):
+        raise ValueError("simulated: the record does not load")
+
+    monkeypatch.setattr(backbones.zoo, "create_model", refuse)
+    with pytest.raises(ValueError, match="simulated"):
+        add_run(trained_run, "broken", zoo=zoo)
+    assert zoo.read_bytes() == before  # the manifest as it was, and no orphaned files
+    assert sorted(p.name for p in zoo.parent.iterdir()) == ["kept.metrics.jsonl", "kept.safetensors", "zoo.json"]
+
+
+def test_a_zoo_record_is_measured_on_its_own_seeds_synthetic_test_set(trained_run, tmp_path, monkeypatch):
+    zoo = tmp_path / "weights" / "zoo.json"
+    monkeypatch.setenv("BACKBONES_ZOO", str(zoo))
+    seed1 = _copy_run(trained_run, tmp_path / "seed1", seed=1)
+    record = add_run(seed1, "r20_seed1", zoo=zoo)
+    assert record["recipe"]["seed"] == 1
+    by_id = evaluate("resnet20", ["r20_seed1"], "synthetic")  # as the record's command measures it
+    from_run = evaluate("resnet20", [str(seed1)], "synthetic")
+    assert by_id["top1_err"] == record["metrics"]["top1_err"] == from_run["top1_err"]
+
+
+def _copy_run(run, directory, **changes):
+    import shutil
+
+    shutil.copytree(run, directory)
+    config = json.loads((directory / "config.json").read_text())
+    for key, value in changes.items():
+        section, _, field = key.partition("__")
+        if field:
+            config[section][field] = value
+        else:
+            config[section] = value
+    (directory / "config.json").write_text(json.dumps(config))
+    return directory
+
+
+def test_an_ensemble_of_differently_preprocessed_members_is_refused(trained_run, tmp_path):
+    native = _copy_run(trained_run, tmp_path / "native", preprocessing__input_size=28)
+    with pytest.raises(ValueError, match=r"native/final.safetensors and .* preprocess differently \(input_size 28 vs "
+                                         r"32\): an ensemble feeds one input to every member"):  # fmt: skip
+        evaluate("resnet20", [str(trained_run), str(native)], "synthetic")
+    other_seed = _copy_run(trained_run, tmp_path / "seed1", seed=1)  # its synthetic test set is another one
+    with pytest.raises(ValueError, match=r"preprocess differently \(seed 1 vs 0\)"):
+        evaluate("resnet20", [str(trained_run), str(other_seed)], "synthetic")
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("{not json", "not a readable JSON run config"),
+        ("[1, 2]", "expected a JSON object, got list"),
+        ('{"arch": "resnet20", "constructor": {}}', "field 'class_names' must be a JSON array"),
+    ],
+)
+def test_a_bad_run_config_is_named(trained_run, tmp_path, text, message):
+    broken = _copy_run(trained_run, tmp_path / "broken")
+    (broken / "config.json").write_text(text)
+    with pytest.raises(SystemExit, match=f"{broken / 'config.json'}: {message}"):
+        evaluate_main(["resnet20", "--weights", str(broken), "--dataset", "synthetic"])
+
+
 def test_evaluate_errors(trained_run, tmp_path):
     with pytest.raises(SystemExit, match="the run trained resnet20, not resnet56"):
         evaluate_main(["resnet56", "--weights", str(trained_run), "--dataset", "synthetic"])
@@ -175,3 +252,13 @@ def test_fig6_style_panels_from_runs(trained_run, tmp_path):
     assert iters == [20, 40, 60] and all(0 <= e <= 100 for e in errors)  # training error in percent
     with pytest.raises(SystemExit):
         analysis_main(["--output", str(out)])
+
+
+def test_zoo_list_with_a_bad_manifest_is_one_line(tmp_path, monkeypatch):
+    from backbones.zoo import main as zoo_main
+
+    bad = tmp_path / "zoo.json"
+    bad.write_text('{"format_version": 1, "weights": [{"id": "x"}]}')
+    monkeypatch.setenv("BACKBONES_ZOO", str(bad))
+    with pytest.raises(SystemExit, match=rf"^error: {re.escape(str(bad))}"):
+        zoo_main(["list"])

@@ -116,6 +116,10 @@ def imagenet_scores(models: list[nn.Module], data: Path, protocol: str, device: 
     from .imagenet import ImageFolderDataset, average_softmax, protocol_views
 
     dataset = ImageFolderDataset(data, "val", class_names=class_names)
+    outputs = {model.fc.out_features for model in models if isinstance(getattr(model, "fc", None), nn.Linear)}
+    if outputs and outputs != {len(dataset.class_names)}:  # else label i would be scored against output i
+        raise ValueError(f"{dataset.directory}: {len(dataset.class_names)} class folders, but the model predicts "
+                         f"{' / '.join(map(str, sorted(outputs)))} classes")  # fmt: skip
     for index in range(len(dataset)):
         sample = dataset[index]
         if sample is None:  # unreadable: already warned about, by name
@@ -193,7 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", type=Path, help="dataset directory (ImageNet root, cifar-10-batches-py, Fashion-MNIST IDX)"
     )
     parser.add_argument("--protocol", choices=PROTOCOLS, default="center", help="test protocol (ImageNet)")
-    parser.add_argument("--batch-size", type=POSITIVE_INT, default=500, help="images per forward pass (default: 500)")
+    parser.add_argument(
+        "--batch-size",
+        type=POSITIVE_INT,
+        default=500,
+        help="images per forward pass of the in-memory test sets (default: 500); ImageNet's "
+        "protocols score one image's views at a time",
+    )
     parser.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:N (default: auto)")
     parser.add_argument("--json", type=Path, help="also write the result as JSON")
     return parser

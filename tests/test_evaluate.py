@@ -238,6 +238,10 @@ def test_imagenet_protocols_on_a_tiny_val_folder(tmp_path):
     for protocol in ("10crop", "multiscale"):
         result = evaluate("resnet18", [str(weights)], "imagenet", tmp_path, protocol)
         assert result["images"] == 4 and result["top1_err"] in (0, 25, 50, 75, 100)
+    three_way = tmp_path / "r18_3.pth"
+    torch.save(create_model("resnet18", num_classes=3).state_dict(), three_way)
+    with pytest.raises(ValueError, match=r"val: 2 class folders, but the model predicts 3 classes"):
+        evaluate("resnet18", [str(three_way)], "imagenet", tmp_path, "center")
 
 
 def test_fig6_style_panels_from_runs(trained_run, tmp_path):

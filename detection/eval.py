@@ -229,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
                 label = f"torchvision {config['torchvision']['checkpoint']}"
             results, predictions, sets = evaluate_test_set(
                 model, args.dataset, args.data_root, channels=config["channels"], device=device, metric=metric,
-                results_dir=output, batch_size=args.batch_size, progress=True, categories=categories)  # fmt: skip
+                results_dir=output, batch_size=args.batch_size, progress=True, categories=categories,
+                class_names=config["class_names"])  # fmt: skip
             print(f"result files in {output}")
             if args.visualize:
                 pictures = visualize(predictions, next(iter(sets.values())), output / "pictures", args.visualize)

@@ -120,12 +120,18 @@ def to_dataset_labels(predictions: list[Prediction], categories: Sequence[tuple[
     return mapped, dropped
 
 
+def _some(names: Sequence[str]) -> str:
+    return f"{len(names)} classes ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+
+
 def evaluate_test_set(model: nn.Module, dataset: str, root: Path, *, channels: int, device: torch.device | str = "cpu",
                       metric: Metric | None = None, results_dir: Path | None = None, batch_size: int = 4,
                       progress: bool = False, categories: Sequence[tuple[int, str]] | None = None,
+                      class_names: Sequence[str] | None = None,
                       ) -> tuple[dict[str, Any], list[Prediction], dict[str, Any]]:  # fmt: skip
     """Detect once on the test set, score it in each layout it has: ({"voc": .., "coco": ..}, predictions, sets).
 
+    ``class_names``: what a trained detector's labels 1..K name; the test set must have the same classes.
     ``categories``: for a detector whose labels are annotation-file category ids (torchvision's COCO
     detectors), the (category id, name) of each label 1..K; such a detector is scored on a COCO-layout
     test set only, and the predictions returned are in the dataset's labels."""
@@ -137,6 +143,9 @@ def evaluate_test_set(model: nn.Module, dataset: str, root: Path, *, channels: i
     first = next(iter(sets.values()))
     if categories is not None:
         check_category_names(categories, first)  # before the detector runs
+    elif class_names is not None and list(class_names) != list(first.class_names):
+        raise ValueError(f"the detector predicts {_some(class_names)}; {dataset} in {root} has "
+                         f"{_some(first.class_names)}: its label i would be scored as the set's class i")  # fmt: skip
     predictions = predict(model, first, channels=channels, batch_size=batch_size, device=device, progress=progress)
     if categories is not None:
         predictions, dropped = to_dataset_labels(predictions, categories, first)

@@ -116,7 +116,12 @@ def add_run(
     model, config = load_detector(config["backbone"], run_dir)
     device_ = pick_device(device)
     results, _, _ = evaluate_test_set(
-        model.to(device_), test_set, data_root, channels=config["channels"], device=device_
+        model.to(device_),
+        test_set,
+        data_root,
+        channels=config["channels"],
+        device=device_,
+        class_names=config["class_names"],
     )
     metrics: dict[str, Any] = {"split": "test", "dataset": test_set,
                                "command": f"python -m detection.eval --backbone {config['backbone']} "

@@ -117,6 +117,24 @@ def test_scoring_precomputed_detections_needs_no_backbone(benchmark, tmp_path, c
         eval_main(["--weights", str(tmp_path), "--dataset", "fashion-det", "--data-root", str(benchmark)])
 
 
+def test_a_detector_is_not_scored_on_a_test_set_of_other_classes(detector_run, benchmark, tmp_path):
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(detector_run, other)
+    config = json.loads((other / "config.json").read_text())
+    config["class_names"] = [f"class-{i}" for i in range(len(config["class_names"]))]  # same count, other task
+    (other / "config.json").write_text(json.dumps(config))
+    refused = (
+        r"the detector predicts 10 classes \(class-0, class-1, class-2, ...\); "
+        r"fashion-det in .* has 10 classes \(tshirt_top, trouser, pullover, ...\)"
+    )
+    with pytest.raises(SystemExit, match=refused):
+        eval_main(["--backbone", "resnet20", "--weights", str(other), "--dataset", "fashion-det",
+                   "--data-root", str(benchmark), "--output", str(tmp_path / "eval")])  # fmt: skip
+    assert not (tmp_path / "eval").exists()
+
+
 def test_eval_errors_are_clear(benchmark, tmp_path):
     with pytest.raises(SystemExit, match="exactly one of --weights"):
         eval_main(["--backbone", "resnet20", "--dataset", "fashion-det", "--data-root", str(benchmark)])

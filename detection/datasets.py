@@ -707,14 +707,16 @@ def _check_coco_annotation(entry: Any, index: int, path: Path, category_ids: Map
     bbox = _json_field(entry, "bbox", where)
     if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
         raise AnnotationError(f"{where}: field 'bbox' must be 4 finite numbers [x, y, w, h], got {bbox!r}")
+    if bbox[2] < 0 or bbox[3] < 0:  # crowd boxes too: pycocotools would match against them as given
+        raise AnnotationError(f"{where}: field 'bbox' has a negative width or height: {bbox!r} ([x, y, w, h])")
     iscrowd = entry.get("iscrowd", 0)
     if iscrowd not in (0, 1):
         raise AnnotationError(f"{where}: field 'iscrowd' must be 0 or 1, got {iscrowd!r}")
     out = dict(entry)
     out.setdefault("iscrowd", 0)
     out.setdefault("area", float(bbox[2] * bbox[3]))
-    if not _is_number(out["area"]):
-        raise AnnotationError(f"{where}: field 'area' must be a finite number, got {out['area']!r}")
+    if not _is_number(out["area"]) or out["area"] < 0:  # pycocotools drops a negative-area object unannounced
+        raise AnnotationError(f"{where}: field 'area' must be a finite number >= 0, got {out['area']!r}")
     return out
 
 

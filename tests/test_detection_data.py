@@ -365,6 +365,10 @@ def _coco_edit(document: dict, problem: str) -> None:
         annotations[4]["bbox"] = [1.0, "two", 3.0, 4.0]
     elif problem == "zero-area":
         annotations[4]["bbox"] = [45.0, 2.0, 3.0, 4.0]  # entirely right of the 40-pixel-wide image
+    elif problem == "negative area":
+        annotations[4]["area"] = -5
+    elif problem == "crowd with a negative width":
+        annotations[4].update(iscrowd=1, bbox=[1.0, 2.0, -3.0, 4.0])
     elif problem == "unknown category":
         annotations[4]["category_id"] = 99
     elif problem == "image missing a field":
@@ -376,6 +380,11 @@ COCO_PROBLEMS = {
     "missing field": (["instances_val2017.json", "annotation id 4", "missing field 'bbox'"], "object"),
     "non-numeric": (["instances_val2017.json", "annotation id 4", "'bbox' must be 4 finite numbers"], "object"),
     "zero-area": (["instances_val2017.json", "annotation id 4", "zero-area box"], "object"),
+    "negative area": (
+        ["instances_val2017.json", "annotation id 4", "'area' must be a finite number >= 0, got -5"],
+        "object",
+    ),
+    "crowd with a negative width": (["annotation id 4", "'bbox' has a negative width or height"], "object"),
     "unknown category": (["instances_val2017.json", "annotation id 4", "unknown category id 99"], "object"),
     "image missing a field": (["instances_val2017.json", "image id 5", "missing field 'height'"], "image"),
 }

@@ -207,8 +207,12 @@ def main(argv: list[str] | None = None) -> int:
     channels = info.in_chans
     config.update(class_names=class_names, channels=channels, image_mean=list(info.mean), image_std=list(info.std),
                   world_size=ctx.world_size)  # fmt: skip
-    source = DetectionBatches(train_set, config["images_per_batch"], train=True, channels=channels, seed=args.seed,
-                              rank=ctx.rank, world_size=ctx.world_size, num_workers=args.workers)  # fmt: skip
+    try:
+        source = DetectionBatches(train_set, config["images_per_batch"], train=True, channels=channels,
+                                  seed=args.seed, rank=ctx.rank, world_size=ctx.world_size,
+                                  num_workers=args.workers)  # fmt: skip
+    except ValueError as error:
+        raise SystemExit(f"error: {args.dataset} in {args.data_root}: {error} (--images-per-batch)") from None
 
     def evaluate_fn(m: torch.nn.Module) -> dict[str, float]:
         # fp32 even when training in bf16/fp16: half-precision box coordinates (bf16: 0.5 px steps at 100 px)

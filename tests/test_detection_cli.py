@@ -145,6 +145,10 @@ def test_eval_errors_are_clear(benchmark, tmp_path):
         train_main(["--backbone", "resnet21", "--dataset", "fashion-det", "--data-root", str(benchmark)])
     with pytest.raises(SystemExit, match="VOC2007"):
         train_main(["--backbone", "resnet20", "--dataset", "voc07+12", "--data-root", str(tmp_path)])
+    with pytest.raises(SystemExit, match=r"^error: fashion-det in .*: 8 training images are fewer than one batch of 16 "
+                                         r"\(--images-per-batch\)$"):  # fmt: skip
+        train_main(["--backbone", "resnet20", "--dataset", "fashion-det", "--data-root", str(benchmark),
+                    "--images-per-batch", "16", "--output", str(tmp_path / "big-batch")])  # fmt: skip
 
 
 @pytest.mark.parametrize(("flags", "message"), [

@@ -14,7 +14,6 @@ the preprocessing and classes), or a torchvision-format ``.pth`` (ImageNet prepr
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 from collections.abc import Iterator
@@ -30,7 +29,7 @@ from .classification import topk_errors
 from .cliargs import POSITIVE_INT
 from .datasets import ArrayDataset, load_cifar10, load_fashion_mnist, make_synthetic
 from .distributed import pick_device
-from .fileio import atomic_write_json
+from .fileio import atomic_write_json, read_json_object
 from .registry import create_model
 from .resnet import ResNet
 from .weights import read_zoo
@@ -73,12 +72,7 @@ def load_model(arch: str, weights: str) -> LoadedModel:
 
 def _read_run_config(path: Path) -> dict[str, Any]:
     """A run's config.json, with the fields a model is rebuilt from; else ValueError naming the file and field."""
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: not a readable JSON run config ({error})") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(config).__name__}")
+    config = read_json_object(path)
     for key, kind in (("class_names", list), ("constructor", dict)):
         if not isinstance(config.get(key), kind):
             raise ValueError(f"{path}: field {key!r} must be a JSON {'array' if kind is list else 'object'} "

@@ -1,4 +1,4 @@
-"""Small file helpers shared by weights, checkpoints and reports: atomic writes and hashing."""
+"""Small file helpers shared by weights, checkpoints and reports: atomic writes, hashing, reading JSON."""
 
 from __future__ import annotations
 
@@ -51,6 +51,23 @@ def atomic_write_json(
 ) -> None:
     """Write ``value`` as JSON ending with a newline, atomically (see ``atomic_path``)."""
     atomic_write_text(path, json.dumps(value, indent=indent, default=default) + "\n")
+
+
+def read_json_object(path: str | Path) -> dict:
+    """A JSON file that must hold an object (a run's config.json, a manifest); else ValueError naming the file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read ({error.strerror or error})") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON (not UTF-8 text: {error})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 def sha256_of(path: str | Path, chunk_size: int = 1 << 20) -> str:

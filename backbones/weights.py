@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .fileio import atomic_path, atomic_write_json, sha256_of
+from .fileio import atomic_path, atomic_write_json, read_json_object, sha256_of
 
 ZOO_ENV = "BACKBONES_ZOO"
 DEFAULT_ZOO = Path(__file__).resolve().parent.parent / "weights" / "zoo.json"
@@ -130,13 +130,7 @@ def read_finished_run(run_dir: str | Path, trainer: str) -> tuple[dict[str, Any]
     for needed in (config_path, weights_path):
         if not needed.is_file():
             raise FileNotFoundError(f"{needed} is missing: is {run_dir} a finished {trainer} run?")
-    try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{config_path}: not valid JSON ({error})") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{config_path}: expected a JSON object, got {type(config).__name__}")
-    return config, weights_path
+    return read_json_object(config_path), weights_path
 
 
 def publish_run(run_dir: str | Path, weights_path: Path, zoo: Path, zoo_id: str) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 from torch import nn
 
 from backbones.evaluate import load_model
-from backbones.fileio import sha256_of
+from backbones.fileio import read_json_object, sha256_of
 from backbones.registry import create_model, get_model_entry
 from backbones.weights import read_zoo
 
@@ -62,7 +61,7 @@ def _constructor_of(weights: str | None) -> dict[str, Any]:
     path = Path(weights)
     config = (path if path.is_dir() else path.parent) / "config.json"
     if (path.is_dir() or path.is_file()) and config.is_file():
-        return dict(json.loads(config.read_text()).get("constructor", {}))
+        return dict(read_json_object(config).get("constructor", {}))
     record = read_zoo().get(weights)
     return dict(record.constructor) if record is not None else {}
 

@@ -19,6 +19,8 @@ from typing import Any, Literal, overload
 import numpy as np
 import torch
 
+from backbones.fileio import read_json_object
+
 from .backends import (
     AotiBackend,
     Backend,
@@ -262,11 +264,12 @@ def load(path: str | Path, *, device: str | None = None, providers: Sequence[str
         if not config.is_file():
             raise FileNotFoundError(f"{path} is a directory without config.json; pass an exported artifact "
                                     "(with its .json sidecar) or a backbones.train run directory")  # fmt: skip
-        import json
-
-        run_config = json.loads(config.read_text())
+        run_config = read_json_object(config)
         if "design" in run_config:  # a detection.train run
             return load_eager_detector(path, device or "cpu")
+        if not isinstance(run_config.get("arch"), str):
+            raise ValueError(f"{config}: no 'arch' field (a backbones.train or detection.train run's config.json "
+                             "names its architecture)")  # fmt: skip
         return load_eager(run_config["arch"], str(path), device or "cpu")
     if not path.exists():
         raise FileNotFoundError(f"artifact not found: {path}")

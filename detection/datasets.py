@@ -646,7 +646,7 @@ def _load_json(path: Path) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as handle:
             data = json.load(handle)
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{path}: malformed JSON ({error})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: malformed COCO JSON (expected an object, got {type(data).__name__})")

@@ -19,7 +19,6 @@ with the paper's numbers beside the measured ones.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ import torch
 
 from backbones.cliargs import COUNT, POSITIVE_INT
 from backbones.distributed import pick_device
-from backbones.fileio import atomic_path, atomic_write_json
+from backbones.fileio import atomic_path, atomic_write_json, read_json_object
 
 from .catalog import TEST_DATASETS, default_metric, evaluation_sets
 from .coco_eval import evaluate_coco
@@ -46,7 +45,7 @@ def load_run(weights: Path) -> tuple[dict[str, Any], Path]:
     config_path = run / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} is missing: --weights must be a detection.train run directory")
-    config = json.loads(config_path.read_text())
+    config = read_json_object(config_path)
     if "design" not in config or "class_names" not in config:
         raise ValueError(f"{config_path} is not a detection.train config (no 'design' / 'class_names')")
     return config, weights if weights.is_file() else run / "final.safetensors"

@@ -288,6 +288,14 @@ def test_runtime_artifact_errors(r18_copy, tmp_path):
         deploy.load(lonely)
     with pytest.raises(FileNotFoundError, match="artifact not found"):
         deploy.load(tmp_path / "nothing.onnx")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text('{"dataset": "synthetic"}')
+    with pytest.raises(ValueError, match=re.escape(f"{run / 'config.json'}: no 'arch' field")):
+        deploy.load(run)
+    (run / "config.json").write_text("{broken")
+    with pytest.raises(ValueError, match=re.escape(f"{run / 'config.json'}: not valid JSON")):
+        deploy.load(run)
     weights = tmp_path / "w.safetensors"
     save_weights(create_model("resnet20"), weights)
     with pytest.raises(SidecarError, match=r"plain weights .* use deploy.load_eager\(arch, "):

@@ -190,7 +190,7 @@ def test_an_ensemble_of_differently_preprocessed_members_is_refused(trained_run,
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("{not json", "not a readable JSON run config"),
+        ("{not json", "not valid JSON"),
         ("[1, 2]", "expected a JSON object, got list"),
         ('{"arch": "resnet20", "constructor": {}}', "field 'class_names' must be a JSON array"),
     ],

@@ -37,6 +37,7 @@ import shlex
 import sys
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -203,12 +204,19 @@ def load_eager_spec(spec: str, device: str) -> Target:
 
 
 def _unique_labels(targets: list[Target]) -> None:
-    counts: dict[str, int] = {}
+    """Labels that tell the targets apart (timings are keyed by them): the kind, then the file name, then the
+    whole path, then a count."""
+    kinds = [target.label for target in targets]
+    for name in (lambda t: Path(t.source).name, lambda t: t.source):
+        counts = Counter(target.label for target in targets)
+        for target, kind in zip(targets, kinds):
+            if counts[target.label] > 1 and not target.source.startswith("--eager"):
+                target.label = f"{kind}:{name(target)}"
+    seen: Counter[str] = Counter()
     for target in targets:
-        counts[target.label] = counts.get(target.label, 0) + 1
-    for target in targets:
-        if counts[target.label] > 1 and not target.source.startswith("--eager"):
-            target.label = f"{target.label}:{Path(target.source).name}"
+        seen[target.label] += 1
+        if seen[target.label] > 1:
+            target.label = f"{target.label} #{seen[target.label]}"
 
 
 def load_targets(options: BenchOptions, threads: int) -> list[Target]:

@@ -354,3 +354,23 @@ def test_bench_errors(r20, tmp_path, keep_threads, capsys):
     )
     with pytest.raises(BenchError, match="--batch needs positive batch sizes"):  # the API checks too
         run_bench(BenchOptions(artifacts=[r20], batches=[0]))
+
+
+def test_bench_labels_tell_every_artifact_apart():
+    from deploy.bench import Target, _unique_labels
+
+    def target(label, source):
+        return Target(label, source, None, "fp32", "resnet50", label.startswith("eager"))
+
+    targets = [target("eager-fp32", "--eager resnet50"), target("onnx-fp32", "a/resnet50.onnx"),
+               target("onnx-fp32", "b/resnet50.onnx"), target("onnx-fp32", "c/other.onnx"),
+               target("onnx-fp32", "b/resnet50.onnx"), target("onnx-fp16", "a/resnet50_fp16.onnx")]  # fmt: skip
+    _unique_labels(targets)
+    assert [t.label for t in targets] == [
+        "eager-fp32",
+        "onnx-fp32:a/resnet50.onnx",  # the same file name: the path tells them apart
+        "onnx-fp32:b/resnet50.onnx",
+        "onnx-fp32:other.onnx",
+        "onnx-fp32:b/resnet50.onnx #2",  # the same file twice: a count
+        "onnx-fp16",
+    ]

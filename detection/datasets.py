@@ -665,9 +665,13 @@ def _parse_categories(categories: list[Any], path: Path) -> list[tuple[int, str]
             raise AnnotationError(f"{where}: expected an object, got {type(entry).__name__}")
         category_id = _json_int(entry, "id", where)
         name = _json_field(entry, "name", where)
+        if not isinstance(name, str) or not name.strip():
+            raise AnnotationError(f"{where}: field 'name' must be a non-empty string, got {name!r}")
         if category_id in out:
             raise AnnotationError(f"{where}: duplicate category id {category_id}")
-        out[category_id] = str(name)
+        if name in out.values():  # tables, result files and sidecars name classes by it
+            raise AnnotationError(f"{where}: duplicate category name {name!r}")
+        out[category_id] = name
     if not out:
         raise AnnotationError(f"{path}: no categories")
     return sorted(out.items())

@@ -4,6 +4,7 @@ fashion_det benchmark generator (from a fake Fashion-MNIST, and once from the re
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -425,6 +426,24 @@ def test_coco_missing_image_file_and_malformed_json(coco_root: Path):
         COCODetection(coco_root, "val2017", on_error="skip")  # the file as a whole: never skipped
     path.write_text('{"images": [], "categories": []}')
     with pytest.raises(ValueError, match="missing field 'annotations'"):
+        COCODetection(coco_root, "val2017")
+    path.write_bytes(b'{"images": [], "annotations": [], "categories": [{"id": 1, "name": "caf\xe9"}]}')  # Latin-1
+    with pytest.raises(ValueError, match="instances_val2017.json: malformed JSON .*utf-8"):
+        COCODetection(coco_root, "val2017")
+
+
+@pytest.mark.parametrize(
+    "categories, message",
+    [
+        ([{"id": 1, "name": "x"}, {"id": 2, "name": "x"}], "category entry 1: duplicate category name 'x'"),
+        ([{"id": 1, "name": ""}], "category entry 0: field 'name' must be a non-empty string, got ''"),
+        ([{"id": 1, "name": None}], "category entry 0: field 'name' must be a non-empty string, got None"),
+    ],
+)
+def test_coco_category_names_are_unique_non_empty_strings(coco_root: Path, categories, message):
+    path = coco_root / "annotations" / "instances_val2017.json"
+    path.write_text(json.dumps({"images": [], "annotations": [], "categories": categories}))
+    with pytest.raises(ValueError, match=re.escape(f"{path}: {message}")):
         COCODetection(coco_root, "val2017")
 
 

@@ -192,11 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", type=Path, help="where result files and pictures go (default: RUN/eval-DATASET; "
                         "for a torchvision checkpoint FILE: STEM-eval-DATASET beside it)")  # fmt: skip
     parser.add_argument("--json", type=Path, help="write the numbers (percent) as JSON")
-    parser.add_argument("--visualize", type=COUNT, default=0, metavar="N", help="write N annotated PNGs")
-    parser.add_argument(
-        "--device", default="auto", help="auto (cuda when there is a GPU), cpu, cuda, cuda:N (default: auto)"
-    )
-    parser.add_argument("--batch-size", type=POSITIVE_INT, default=4, help="images per forward pass (default: 4)")
+    model_only = parser.add_argument_group("running a model (--weights) only")
+    model_only.add_argument("--visualize", type=COUNT, metavar="N", help="write N annotated PNGs")
+    model_only.add_argument("--device", help="auto (cuda when there is a GPU), cpu, cuda, cuda:N (default: auto)")
+    model_only.add_argument("--batch-size", type=POSITIVE_INT, help="images per forward pass (default: 4)")
     return parser
 
 
@@ -206,6 +205,13 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("error: give exactly one of --weights (run a model) or --detections (score results)")
     if args.weights is not None and args.backbone is None:
         raise SystemExit("error: --weights runs a model: give its --backbone too (e.g. --backbone resnet50)")
+    if args.detections is not None:
+        model_flags = {"--visualize": args.visualize, "--device": args.device, "--batch-size": args.batch_size,
+                       "--output": args.output}  # fmt: skip
+        given = [flag for flag, value in model_flags.items() if value is not None]
+        if given:
+            raise SystemExit(f"error: {', '.join(given)}: only when running a model (--weights); --detections scores "
+                             "files that are already there")  # fmt: skip
     metric = args.metric or default_metric(args.dataset)
     try:
         if args.detections is not None:
@@ -214,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             model, config = load_detector(args.backbone, args.weights)
             categories = detector_categories(config, args.weights, args.dataset)
-            device = pick_device(args.device)
+            device = pick_device(args.device or "auto")
             model.to(device)
             if not args.weights.exists():  # a zoo id
                 output = args.output or Path("runs") / f"{args.weights}-eval-{args.dataset}"
@@ -228,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                 label = f"torchvision {config['torchvision']['checkpoint']}"
             results, predictions, sets = evaluate_test_set(
                 model, args.dataset, args.data_root, channels=config["channels"], device=device, metric=metric,
-                results_dir=output, batch_size=args.batch_size, progress=True, categories=categories,
+                results_dir=output, batch_size=args.batch_size or 4, progress=True, categories=categories,
                 class_names=config["class_names"])  # fmt: skip
             print(f"result files in {output}")
             if args.visualize:

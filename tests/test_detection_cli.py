@@ -115,6 +115,9 @@ def test_scoring_precomputed_detections_needs_no_backbone(benchmark, tmp_path, c
     assert 0 < json.loads((tmp_path / "out.json").read_text())["AP50"] < 100  # one object of several found
     with pytest.raises(SystemExit, match="--weights runs a model: give its --backbone too"):
         eval_main(["--weights", str(tmp_path), "--dataset", "fashion-det", "--data-root", str(benchmark)])
+    with pytest.raises(SystemExit, match=r"--visualize, --batch-size: only when running a model \(--weights\)"):
+        eval_main(["--detections", str(tmp_path / "results.json"), "--dataset", "fashion-det", "--data-root",
+                   str(benchmark), "--visualize", "3", "--batch-size", "8"])  # fmt: skip
 
 
 def test_a_detector_is_not_scored_on_a_test_set_of_other_classes(detector_run, benchmark, tmp_path):

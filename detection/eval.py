@@ -32,7 +32,7 @@ from backbones.fileio import atomic_path, atomic_write_json, read_json_object
 from .catalog import TEST_DATASETS, default_metric, evaluation_sets
 from .coco_eval import evaluate_coco
 from .inference import Prediction, evaluate_test_set
-from .voc_eval import METRICS, Metric, evaluate_detections, read_devkit_results
+from .voc_eval import METRICS, Metric, devkit_result_path, evaluate_detections, read_devkit_results
 
 # The paper's Tables 7 and 8 (Faster R-CNN baselines), for the layout.
 PAPER_VOC = {"voc07-test": [("VGG-16", "07+12", 73.2), ("ResNet-101", "07+12", 76.4)],
@@ -143,6 +143,9 @@ def visualize(
 
 def score_precomputed(dataset: str, root: Path, detections: Path, metric: Metric) -> dict[str, Any]:
     sets = evaluation_sets(dataset, root)
+    if not detections.exists():
+        raise FileNotFoundError(f"--detections {detections}: not found (a directory of comp4_det_test_<class>.txt "
+                                "files for a VOC layout, a COCO results JSON for COCO)")  # fmt: skip
     if detections.is_dir():
         if "voc" not in sets:
             raise ValueError(
@@ -150,7 +153,13 @@ def score_precomputed(dataset: str, root: Path, detections: Path, metric: Metric
             )
         voc = sets["voc"]
         found = read_devkit_results(detections, "test", list(voc.class_names))
-        return {"voc": evaluate_detections(found, voc.evaluation_ground_truth(), list(voc.class_names), metric)}
+        ground_truth = voc.evaluation_ground_truth()
+        for name, class_found in found.items():
+            unknown = sorted(set(class_found.image_ids) - set(ground_truth[name]))
+            if unknown:
+                raise ValueError(f"{devkit_result_path(detections, 'test', name)}: image {unknown[0]!r} is not in "
+                                 f"{dataset}'s test set ({len(unknown)} unknown image id(s))")  # fmt: skip
+        return {"voc": evaluate_detections(found, ground_truth, list(voc.class_names), metric)}
     if "coco" not in sets:
         raise ValueError(
             f"{detections} is a file; {dataset} is scored from a directory of comp4_det_test_<class>.txt files"

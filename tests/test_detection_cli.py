@@ -100,6 +100,14 @@ def test_precomputed_perfect_detections_score_100(benchmark, tmp_path):
         eval_main(["--backbone", "resnet20", "--detections", str(detections), "--dataset", "fashion-det",
                    "--data-root", str(benchmark), "--json", str(out)])  # fmt: skip
         assert json.loads(out.read_text())[key] == pytest.approx(100.0)
+    # a line on an image the test set does not have names its file; a missing --detections says what it wants
+    dog = next((tmp_path / "dets").glob("comp4_det_test_*.txt"))
+    dog.write_text(dog.read_text() + "999999 0.9 1 1 5 5\n")
+    with pytest.raises(SystemExit, match=rf"{dog.name}: image '999999' is not in fashion-det's test set"):
+        eval_main(["--detections", str(tmp_path / "dets"), "--dataset", "fashion-det", "--data-root", str(benchmark)])
+    with pytest.raises(SystemExit, match=r"--detections .*nowhere: not found \(a directory of comp4_det_test"):
+        eval_main(["--detections", str(tmp_path / "nowhere"), "--dataset", "fashion-det", "--data-root",
+                   str(benchmark)])  # fmt: skip
 
 
 def test_scoring_precomputed_detections_needs_no_backbone(benchmark, tmp_path, capsys):

@@ -103,6 +103,11 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     lr, steps, iters = recipe.scaled(images)
     if args.max_iters is not None and args.steps is None:  # keep the recipe's shape over a shorter run
         steps = [round(s * args.max_iters / iters) for s in steps]
+    max_iters = args.max_iters or iters
+    late = [step for step in (args.steps or []) if step >= max_iters]
+    if late:
+        raise ValueError(f"--steps {' '.join(map(str, late))}: at or past the run's end (iteration {max_iters}), "
+                         "the lr would never drop there")  # fmt: skip
     model = dict(recipe.model)
     for key in ("min_size", "max_size"):
         if getattr(args, key) is not None:
@@ -180,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
         get_model_entry(args.backbone)
         pick_device(args.device)  # a bad --device fails now, not after the data is read
         config = resolve_config(args)
+        if args.eval_every and not TEST_FOR_TRAIN[args.dataset]:
+            raise ValueError(f"--eval-every: {args.dataset} has no public test set to evaluate on (score the run "
+                             "afterwards with python -m detection.eval)")  # fmt: skip
         init = read_init_checkpoint(args) if args.init is not None else None
         on_error: OnError = "skip" if args.skip_bad_annotations else "raise"
         train_set = training_set(args.dataset, args.data_root, on_error)

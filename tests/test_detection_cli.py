@@ -156,6 +156,12 @@ def test_eval_errors_are_clear(benchmark, tmp_path):
         train_main(["--backbone", "resnet21", "--dataset", "fashion-det", "--data-root", str(benchmark)])
     with pytest.raises(SystemExit, match="VOC2007"):
         train_main(["--backbone", "resnet20", "--dataset", "voc07+12", "--data-root", str(tmp_path)])
+    with pytest.raises(SystemExit, match=r"--steps 5 9: at or past the run's end \(iteration 4\)"):
+        train_main(["--backbone", "resnet20", "--dataset", "fashion-det", "--data-root", str(benchmark),
+                    "--max-iters", "4", "--steps", "2", "5", "9", "--output", str(tmp_path / "late")])  # fmt: skip
+    with pytest.raises(SystemExit, match="--eval-every: voc07\\+\\+12 has no public test set"):
+        train_main(["--backbone", "resnet20", "--dataset", "voc07++12", "--data-root", str(tmp_path),
+                    "--eval-every", "100"])  # fmt: skip
     with pytest.raises(SystemExit, match=r"^error: fashion-det in .*: 8 training images are fewer than one batch of 16 "
                                          r"\(--images-per-batch\)$"):  # fmt: skip
         train_main(["--backbone", "resnet20", "--dataset", "fashion-det", "--data-root", str(benchmark),

@@ -91,7 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--opset", type=POSITIVE_INT, default=17, help="ONNX opset (default: 17)")
     parser.add_argument("--output", type=Path, required=True,
                         help="artifact path (.onnx, .xml, .engine/.plan, .pt2, .safetensors)")  # fmt: skip
-    parser.add_argument("--device", choices=["cpu", "cuda"], help="aoti: device to compile for (default cpu)")
+    parser.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        help="aoti: device to compile for; eager: device of the parity check (default cpu)",
+    )
     parser.add_argument("--tolerance", type=POSITIVE, help="synthetic-image parity: relative logits error allowed "
                         "(default: fp32 1e-4, fp16 2e-2, bf16 5e-2; int8 recorded only); "
                         "detectors: box error in pixels "

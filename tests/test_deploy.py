@@ -402,6 +402,9 @@ def test_tensorrt_missing_is_a_clear_error(r18_copy, tmp_path):
     with pytest.raises(TensorRTUnavailable, match="TensorRT|CUDA"):
         export_model("resnet20", None, tmp_path / "m.engine", format="tensorrt")
     assert list(tmp_path.glob("m.engine*")) == []
+    with pytest.raises(ValueError, match="--device is for aoti and eager exports; onnx artifacts are device-free"):
+        export_model("resnet20", None, tmp_path / "m.onnx", format="onnx", device="cuda")
+    assert list(tmp_path.glob("m.onnx*")) == []
     engine = tmp_path / "fake.engine"
     engine.write_bytes(b"not an engine")
     data = json.loads(sidecar_path(r18_copy).read_text())

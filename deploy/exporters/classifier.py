@@ -300,6 +300,9 @@ def check_request(output: Path, options: ExportOptions) -> None:
                          f"not {options.precision!r}")  # fmt: skip
     if options.device not in (None, "cpu", "cuda"):
         raise ValueError(f"device must be cpu or cuda, got {options.device!r}")
+    if options.device is not None and options.format in ("onnx", "openvino"):
+        raise ValueError(f"--device is for aoti and eager exports; {options.format} artifacts are device-free and "
+                         "checked on the CPU here (run it on a GPU with deploy.load(PATH, device='cuda'))")  # fmt: skip
     if options.calibration_method not in CALIBRATION_METHODS:
         raise ValueError(f"calibration method must be one of {CALIBRATION_METHODS}, got {options.calibration_method!r}")
     if options.int8_scheme not in INT8_SCHEMES:

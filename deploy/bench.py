@@ -497,6 +497,9 @@ def _check_options(options: BenchOptions) -> None:
         raise BenchError(f"--threads must be at least 1, got {options.threads}")
     if options.device not in ("cpu", "cuda"):
         raise BenchError(f"--device must be cpu or cuda, got {options.device!r}")
+    if options.providers is not None and options.device != "cuda":
+        raise BenchError("--providers chooses onnxruntime's execution providers on --device cuda; on the CPU "
+                         "onnxruntime runs its CPUExecutionProvider")  # fmt: skip
     if options.device == "cuda" and not torch.cuda.is_available():
         raise BenchError("--device cuda asked for, and torch.cuda.is_available() is False here")
 

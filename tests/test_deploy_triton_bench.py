@@ -354,6 +354,8 @@ def test_bench_errors(r20, tmp_path, keep_threads, capsys):
     )
     with pytest.raises(BenchError, match="--batch needs positive batch sizes"):  # the API checks too
         run_bench(BenchOptions(artifacts=[r20], batches=[0]))
+    with pytest.raises(SystemExit, match="error: --providers chooses onnxruntime's execution providers on --device"):
+        bench_main([str(r20), "--eager", "resnet20", "--providers", "CUDAExecutionProvider"])
 
 
 def test_bench_labels_tell_every_artifact_apart():

@@ -180,6 +180,9 @@ def _format_box(box: Sequence[float]) -> str:
 
 def _checked_target_box(box: np.ndarray, width: int, height: int, where: str, given: str) -> np.ndarray:
     """Clip one continuous box to the image; a box with no area left is an error (``given``: the box as written)."""
+    corners = _box_array(box)[0]
+    if corners[2] < corners[0] or corners[3] < corners[1]:
+        raise AnnotationError(f"{where}: inverted box {given} (its max corner lies left of or above its min corner)")
     clipped = clip_boxes(box, width, height)[0]
     box_w, box_h = clipped[2] - clipped[0], clipped[3] - clipped[1]
     if not (box_w > 0 and box_h > 0):

@@ -218,9 +218,15 @@ def _edit_xml(devkit: Path, stem: str, old: str, new: str) -> Path:
 # (edit of 000001.xml or its image, expected exception, message parts, skipped level)
 VOC_PROBLEMS = {
     "zero-area box": (
-        ("<xmax>30</xmax>", "<xmax>4</xmax>"),
+        ("<xmax>30</xmax>", "<xmax>4</xmax>"),  # xmin 5: pixels 5..4, continuous [4, 4]
         ValueError,
         ["000001.xml", "object 0", "zero-area"],
+        "object",
+    ),  # fmt: skip
+    "inverted box": (
+        ("<xmax>30</xmax>", "<xmax>2</xmax>"),
+        ValueError,
+        ["000001.xml", "object 0", "inverted box xmin=5 ymin=7 xmax=2 ymax=40"],
         "object",
     ),  # fmt: skip
     "unknown class": (

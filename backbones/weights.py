@@ -73,11 +73,8 @@ def manifest_entries(path: Path, section: str, required: tuple[str, ...],
     """(where, entry) of every record in a manifest's ``section`` list, each an object holding the
     ``required`` fields, with a sha256 field of 64 hex digits and a unique id; else ValueError naming
     the record and the field. Shared by the backbone and the detector zoo."""
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from None
-    entries = data.get(section, [] if optional_section else None) if isinstance(data, dict) else None
+    data = read_json_object(path)
+    entries = data.get(section, [] if optional_section else None)
     if not isinstance(entries, list):
         raise ValueError(f'{path}: expected an object with a "{section}" list')
     found: list[tuple[str, dict[str, Any]]] = []

@@ -72,10 +72,6 @@ def run_or_zoo(weights: Path) -> tuple[dict[str, Any], Path] | None:
 def load_detector(backbone: str, weights: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """(model in eval mode, config) of a detection.train run, a zoo detector id or a torchvision
     Faster R-CNN checkpoint."""
-    from backbones.weights import check_state_dict, load_state_dict_file
-
-    from .train import build_detector
-
     found = run_or_zoo(Path(weights))
     if found is None:
         from .torchvision_checkpoints import load_torchvision_detector
@@ -84,11 +80,20 @@ def load_detector(backbone: str, weights: Path) -> tuple[torch.nn.Module, dict[s
     config, file = found
     if config["backbone"] != backbone:
         raise ValueError(f"{weights}: the run trained a {config['backbone']} detector, not {backbone}")
+    return detector_from(config, file), config
+
+
+def detector_from(config: dict[str, Any], file: Path) -> torch.nn.Module:
+    """The detector a detection.train config describes, with the weights in ``file``, in eval mode."""
+    from backbones.weights import check_state_dict, load_state_dict_file
+
+    from .train import build_detector
+
     model = build_detector(config, len(config["class_names"]), load_backbone_weights=False)
     state = load_state_dict_file(file)
     check_state_dict(model, state, str(file))
     model.load_state_dict(state)
-    return model.eval(), config
+    return model.eval()
 
 
 def voc_table(dataset: str, result: dict[str, Any], label: str) -> str:

@@ -84,9 +84,10 @@ def read_detectors(path: str | Path | None = None) -> dict[str, DetectorRecord]:
     return records
 
 
-def zoo_detector(zoo_id: str) -> tuple[dict[str, Any], Path] | None:
-    """(run-like config, verified weights file) of a zoo detector id; None if ``zoo_id`` is not one."""
-    record = read_detectors().get(str(zoo_id))
+def zoo_detector(zoo_id: str, path: str | Path | None = None) -> tuple[dict[str, Any], Path] | None:
+    """(run-like config, verified weights file) of a zoo detector id (in the manifest at ``path``, default the
+    zoo's); None if ``zoo_id`` is not one."""
+    record = read_detectors(path).get(str(zoo_id))
     if record is None:
         return None
     verify_zoo_file(record.id, record.path, record.size, record.sha256)
@@ -100,7 +101,7 @@ def add_run(
     from backbones.distributed import pick_device
 
     from .catalog import TEST_FOR_TRAIN
-    from .eval import load_detector
+    from .eval import detector_from, load_detector
     from .inference import evaluate_test_set
 
     run_dir, zoo = Path(run_dir), Path(zoo) if zoo is not None else zoo_path()
@@ -135,8 +136,14 @@ def add_run(
               "class_names": config["class_names"], "config": {key: config.get(key) for key in CONFIG_KEYS},
               **recipe_and_segments(run_dir, config, RECIPE_KEYS), "metrics": metrics,
               **publish_run(run_dir, weights_path, zoo, zoo_id)}  # fmt: skip
-    # the record must load (and verify) before we say it is there
-    add_verified_record(zoo, SECTION, record, lambda: load_detector(config["backbone"], Path(zoo_id)))
+
+    def load_back() -> None:  # from this manifest: the record must parse, verify and load before we say it is there
+        found = zoo_detector(zoo_id, zoo)
+        if found is None:
+            raise ValueError(f"{zoo}: detector {zoo_id!r} is not there after it was written")
+        detector_from(*found)
+
+    add_verified_record(zoo, SECTION, record, load_back)
     return record
 
 

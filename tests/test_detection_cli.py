@@ -296,3 +296,9 @@ def test_zoo_add_records_what_eval_measures_and_loads_back(detector_run, benchma
     with pytest.raises(SystemExit, match=r"config\.json is missing: is .* a finished detection\.train run"):
         zoo_main(["add", str(tmp_path), "--id", "det_other", "--data-root", str(benchmark)])
     assert list(read_detectors(zoo)) == ["det_tiny"]
+    # another manifest than the default one: the new record loads back from the manifest it was written to
+    from detection.zoo import add_run
+
+    other = tmp_path / "other" / "zoo.json"
+    add_run(detector_run, "det_elsewhere", benchmark, zoo=other, device="cpu")
+    assert list(read_detectors(other)) == ["det_elsewhere"] and list(read_detectors(zoo)) == ["det_tiny"]

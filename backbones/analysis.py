@@ -69,7 +69,7 @@ _PLOTTED_FIELDS = {"train": ("error",), "eval": ("top1_err",), "test": ("top1_er
 
 
 def _check_record(record: dict, where: str) -> None:
-    fields = _PLOTTED_FIELDS.get(record.get("kind"))
+    fields = _PLOTTED_FIELDS.get(str(record.get("kind")))
     if fields is None:
         return
     iteration = record.get("iteration")
@@ -78,7 +78,7 @@ def _check_record(record: dict, where: str) -> None:
                          f"got {iteration!r}")  # fmt: skip
     for field in fields:
         value = record.get(field)
-        if field in record and (type(value) not in (int, float) or not math.isfinite(value)):
+        if field in record and (not isinstance(value, (int, float)) or type(value) is bool or not math.isfinite(value)):
             raise ValueError(f"{where}: field {field!r} must be a finite number, got {value!r}")
 
 
@@ -383,7 +383,7 @@ def responses_report(nets: Sequence[NetResponses], dataset: str, command: str) -
 
 # ---------------------------------------------------------------- command line
 def _runs(items: list[str]) -> dict[str, str]:
-    runs = {}
+    runs: dict[str, str] = {}
     for item in items:
         label, _, directory = item.rpartition("=")
         label = label or Path(directory).name

@@ -110,7 +110,8 @@ def imagenet_scores(models: list[nn.Module], data: Path, protocol: str, device: 
     from .imagenet import ImageFolderDataset, average_softmax, protocol_views
 
     dataset = ImageFolderDataset(data, "val", class_names=class_names)
-    outputs = {model.fc.out_features for model in models if isinstance(getattr(model, "fc", None), nn.Linear)}
+    heads = [getattr(model, "fc", None) for model in models]
+    outputs = {head.out_features for head in heads if isinstance(head, nn.Linear)}
     if outputs and outputs != {len(dataset.class_names)}:  # else label i would be scored against output i
         raise ValueError(f"{dataset.directory}: {len(dataset.class_names)} class folders, but the model predicts "
                          f"{' / '.join(map(str, sorted(outputs)))} classes")  # fmt: skip

@@ -11,11 +11,13 @@ from torch import nn
 from .distributed import DistContext, all_reduce_sum
 
 
-def classification_step(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Cross-entropy loss, plus the batch's top-1 error (the paper's training-error curves)."""
+def classification_step(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor],
+                        label_smoothing: float = 0.0) -> dict[str, torch.Tensor]:  # fmt: skip
+    """Cross-entropy loss (against labels smoothed by ``label_smoothing``, Szegedy et al. 2016; 0 in the paper),
+    plus the batch's top-1 error (the paper's training-error curves)."""
     images, labels = batch
     logits = model(images)
-    loss = F.cross_entropy(logits.float(), labels)
+    loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
     error = (logits.argmax(dim=1) != labels).float().mean()
     return {"loss": loss, "error": error}
 

@@ -115,7 +115,12 @@ CHECKPOINT_NAME = "checkpoint.pt"
 FREE_ON_RESUME = frozenset({"engine", "world_size", "data", "data_root", "eval_every", "amp"})
 # Run-config keys added after runs were already checkpointed, with the value an older run trained with:
 # a checkpoint without the key resumes only where the current value equals it.
-KEYS_ADDED_LATER: dict[str, Any] = {"random_erasing": 0.0, "erasing_fill": None, "native_size": False}
+KEYS_ADDED_LATER: dict[str, Any] = {
+    "random_erasing": 0.0,
+    "erasing_fill": None,
+    "native_size": False,
+    "label_smoothing": 0.0,
+}
 
 
 def refuse_finished_or_running(output_dir: Path) -> None:

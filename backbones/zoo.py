@@ -30,8 +30,8 @@ from .weights import (
 )
 
 RECIPE_KEYS = ("batch_size", "lr", "momentum", "weight_decay", "schedule", "milestones", "max_iters", "val_split",
-               "warmup_lr", "warmup_until_error", "random_erasing", "erasing_fill", "native_size", "seed", "amp",
-               "world_size")  # fmt: skip
+               "warmup_lr", "warmup_until_error", "random_erasing", "erasing_fill", "native_size", "label_smoothing",
+               "seed", "amp", "world_size")  # fmt: skip
 
 
 def add_run(run_dir: Path, zoo_id: str, zoo: Path | None = None, device: str = "auto") -> dict[str, Any]:

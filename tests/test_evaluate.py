@@ -82,9 +82,10 @@ def test_a_recipe_key_an_older_run_lacks_is_recorded_with_the_value_it_trained_w
     from backbones.engine import recipe_and_segments
 
     older = {"lr": 0.1, "amp": "bf16"}  # config.json of a run from before --random-erasing and --native-size
-    recipe = recipe_and_segments(tmp_path, older, ("lr", "random_erasing", "erasing_fill", "native_size", "seed"))
+    keys = ("lr", "random_erasing", "erasing_fill", "native_size", "label_smoothing", "seed")
+    recipe = recipe_and_segments(tmp_path, older, keys)
     assert recipe["recipe"] == {"lr": 0.1, "random_erasing": 0.0, "erasing_fill": None, "native_size": False,
-                                "seed": None, "amp": "bf16"}  # fmt: skip
+                                "label_smoothing": 0.0, "seed": None, "amp": "bf16"}  # fmt: skip
 
 
 def test_zoo_add_records_the_evaluated_metric_and_loads_back(trained_run, tmp_path, monkeypatch):
@@ -98,7 +99,7 @@ def test_zoo_add_records_the_evaluated_metric_and_loads_back(trained_run, tmp_pa
     )
     assert record["preprocessing"]["input_size"] == 32 and record["recipe"]["batch_size"] == 32
     assert record["recipe"]["amp"] == "none" and [s["from_iteration"] for s in record["segments"]] == [0]
-    assert record["recipe"]["native_size"] is False
+    assert record["recipe"]["native_size"] is False and record["recipe"]["label_smoothing"] == 0.0
     # the run's log is kept beside the weights, so its curves outlive the run directory
     log = zoo.parent / record["log"]["file"]
     assert log.name == "resnet20_synthetic.metrics.jsonl"

@@ -160,6 +160,40 @@ def test_random_erasing_flags_reach_the_config_and_the_augmentation():
     assert resolve_config(build_parser().parse_args(["resnet18", "--random-erasing", "0"]))["random_erasing"] == 0
 
 
+def test_label_smoothing_reaches_the_config_and_the_loss_it_trains_on(tmp_path):
+    from backbones.classification import classification_step
+
+    def config(*flags):
+        return resolve_config(build_parser().parse_args(["resnet20", "--dataset", "fashion-mnist", *flags]))
+
+    assert config()["label_smoothing"] == 0.0  # off, as the paper
+    assert config("--label-smoothing", "0.1")["label_smoothing"] == 0.1
+    with pytest.raises(SystemExit):
+        config("--label-smoothing", "1")  # nothing left on the true class
+
+    class Fixed(torch.nn.Module):  # returns the batch as logits
+        def forward(self, x):
+            return x
+
+    logits = torch.tensor([[2.0, 0.0, -1.0, 0.5], [0.0, 3.0, 1.0, -2.0]])
+    labels = torch.tensor([0, 2])
+    log_p = logits.log_softmax(dim=1)
+    smoothing, classes = 0.1, 4
+    # 1 - E on the true class plus E / K on every class (the true one included)
+    expected = -((1 - smoothing) * log_p[[0, 1], labels] + smoothing / classes * log_p.sum(dim=1)).mean()
+    step = classification_step(Fixed(), (logits, labels), label_smoothing=smoothing)
+    assert torch.allclose(step["loss"], expected)
+    assert step["error"].item() == 0.5  # the error is the top-1 error whatever the smoothing
+    plain = classification_step(Fixed(), (logits, labels))
+    assert torch.allclose(plain["loss"], -log_p[[0, 1], labels].mean())
+
+    run = tmp_path / "run"
+    train_main([*TINY, "--max-iters", "2", "--checkpoint-every", "1", "--label-smoothing", "0.1", "--output", str(run)])
+    assert json.loads((run / "config.json").read_text())["label_smoothing"] == 0.1
+    with pytest.raises(SystemExit, match=re.escape("label_smoothing: 0.1 in the checkpoint, 0.0 now")):
+        train_main([*TINY, "--max-iters", "3", "--output", str(run), "--resume"])
+
+
 def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path):
     common = [
         *TINY,
@@ -250,7 +284,7 @@ def test_a_checkpoint_from_before_random_erasing_resumes_only_without_it(tmp_pat
     checkpoint = run / "checkpoint.pt"
     state = torch.load(checkpoint, weights_only=False)
     old = json.loads(state["run_config"])
-    del old["random_erasing"], old["erasing_fill"], old["native_size"]  # what a run saved before those flags
+    del old["random_erasing"], old["erasing_fill"], old["native_size"], old["label_smoothing"]  # saved before them
     state["run_config"] = json.dumps(old)
     torch.save(state, checkpoint)
     with pytest.raises(SystemExit, match=re.escape("random_erasing: 0.0 in the checkpoint, 0.5 now")):
@@ -271,6 +305,9 @@ def test_a_checkpoint_from_before_random_erasing_resumes_only_without_it(tmp_pat
     with pytest.raises(SystemExit, match=re.escape("native_size: False in the checkpoint, True now")):
         train_main([*TINY, "--max-iters", "2", "--checkpoint-every", "1", "--native-size", "--output", str(run),
                     "--resume"])  # fmt: skip
+    with pytest.raises(SystemExit, match=re.escape("label_smoothing: 0.0 in the checkpoint, 0.2 now")):
+        train_main([*TINY, "--max-iters", "2", "--checkpoint-every", "1", "--label-smoothing", "0.2", "--output",
+                    str(run), "--resume"])  # fmt: skip
     train_main(
         [*TINY, "--max-iters", "2", "--checkpoint-every", "1", "--output", str(run), "--resume"]
     )  # the old run's own recipe resumes

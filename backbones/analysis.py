@@ -44,6 +44,14 @@ RESPONSE_DEFINITION = ("std over all elements (images x channels x positions) of
 RESPONSE_FLAGS = ("dataset", "data", "images", "batch_size", "device", "json")
 
 
+# a run to draw or tabulate: its directory, its metrics.jsonl, a zoo id that kept its log, or its records already read
+RunLog = str | Path | list[dict]
+
+
+def _records(run: RunLog) -> list[dict]:
+    return run if isinstance(run, list) else read_metrics(run)
+
+
 def read_metrics(path: str | Path) -> list[dict]:
     """The records of a run's metrics.jsonl: a run directory, the file itself, or a zoo id whose record kept it.
     A torn line (the one a running run is writing) is dropped with a warning, as the trainer does."""
@@ -113,7 +121,7 @@ def final_errors(records: list[dict], train_window: int) -> dict[str, Any]:
             "best_eval_iteration": eval_iters[best] if best is not None else None}  # fmt: skip
 
 
-def final_errors_table(runs: Sequence[tuple[str, str | Path]], train_window: int) -> str:
+def final_errors_table(runs: Sequence[tuple[str, RunLog]], train_window: int) -> str:
     """Markdown table of ``final_errors`` for each (label, run), in order."""
 
     def cell(value: float | None) -> str:
@@ -122,15 +130,15 @@ def final_errors_table(runs: Sequence[tuple[str, str | Path]], train_window: int
     lines = [f"| run | iterations | training error (last {train_window} it) | final test error "
              "| lowest evaluation error (at) |", "|---|---|---|---|---|"]  # fmt: skip
     for label, run in runs:
-        end = final_errors(read_metrics(run), train_window)
+        end = final_errors(_records(run), train_window)
         best = "–" if end["best_eval_err"] is None else f"{cell(end['best_eval_err'])} ({end['best_eval_iteration']})"
         lines.append(f"| {label} | {end['iterations']} | {cell(end['train_err'])} | {cell(end['test_err'])} | {best} |")
     return "\n".join(lines)
 
 
-def _draw(axis, runs: Mapping[str, str | Path], colors: list[str]) -> None:
+def _draw(axis, runs: Mapping[str, RunLog], colors: list[str]) -> None:
     for index, (label, run) in enumerate(runs.items()):
-        records = read_metrics(run)
+        records = _records(run)
         color = colors[index % len(colors)]
         iters, errors = error_series(records, "train", "error")
         axis.plot(iters, errors, "--", color=color, linewidth=1, label=f"{label} train")
@@ -170,7 +178,7 @@ def _pyplot() -> Any:
     return plt
 
 
-def panels_figure(panels: Mapping[str, Mapping[str, str | Path]], ylim: tuple[float, float] | None = None) -> Any:
+def panels_figure(panels: Mapping[str, Mapping[str, RunLog]], ylim: tuple[float, float] | None = None) -> Any:
     """The matplotlib figure of side-by-side charts (e.g. plain nets | ResNets, as Fig. 6), laid out,
     not saved; each run: train dashed, test bold."""
     plt = _pyplot()
@@ -185,13 +193,13 @@ def panels_figure(panels: Mapping[str, Mapping[str, str | Path]], ylim: tuple[fl
     return figure
 
 
-def plot_panels(panels: Mapping[str, Mapping[str, str | Path]], output: str | Path,
+def plot_panels(panels: Mapping[str, Mapping[str, RunLog]], output: str | Path,
                 ylim: tuple[float, float] | None = None) -> Path:  # fmt: skip
     """Side-by-side charts (e.g. plain nets | ResNets, as Fig. 6) saved as a PNG at output."""
     return _save(panels_figure(panels, ylim), output)
 
 
-def plot_runs(runs: dict[str, str | Path], output: str | Path, title: str = "",
+def plot_runs(runs: Mapping[str, RunLog], output: str | Path, title: str = "",
               ylim: tuple[float, float] | None = None) -> Path:  # fmt: skip
     """One chart: for every run, training error (dashed) and test error (bold)."""
     return plot_panels({title: runs}, output, ylim)
@@ -488,11 +496,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(error))
     if not panels or not all(panels.values()):
         parser.error("give run directories, or --panel TITLE LABEL=DIR ...")
-    try:
-        labelled = [(f"{title}: {label}" if len(panels) > 1 and title else label, run)
-                    for title, runs in panels.items() for label, run in runs.items()]  # fmt: skip
-        table = final_errors_table(labelled, args.train_window or 2500)  # reads every log: bad ones stop it here
-        plot_panels(panels, args.output, (0, args.ymax) if args.ymax else None)
+    try:  # every log is read once, before anything is drawn: a bad one stops it with no PNG written
+        logs: dict[str, Mapping[str, RunLog]] = {
+            title: {label: read_metrics(run) for label, run in runs.items()} for title, runs in panels.items()
+        }
+        labelled = [(f"{title}: {label}" if len(logs) > 1 and title else label, records)
+                    for title, runs in logs.items() for label, records in runs.items()]  # fmt: skip
+        table = final_errors_table(labelled, args.train_window or 2500)
+        plot_panels(logs, args.output, (0, args.ymax) if args.ymax else None)
     except (ValueError, FileNotFoundError) as error:
         raise SystemExit(f"error: {_one_line(error)}") from None
     print(table)

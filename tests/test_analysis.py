@@ -339,3 +339,14 @@ def test_long_titles_are_wrapped_inside_the_figure(tmp_path):
     import matplotlib.pyplot as plt
 
     plt.close(figure)
+
+
+def test_a_torn_log_line_is_warned_about_once_and_the_rest_is_drawn(tmp_path, capsys, caplog):
+    run = _curve_run(tmp_path / "r20", 0.0)
+    with open(run / "metrics.jsonl", "a") as log:
+        log.write('{"kind": "train", "iteration": 8')  # the line a running run is writing
+    assert main([str(run), "--output", str(tmp_path / "x.png")]) == 0
+    torn = [r.getMessage() for r in caplog.records if "torn by a crash" in r.getMessage()]
+    assert torn == [f"{run / 'metrics.jsonl'}, line 5: not a JSON record (torn by a crash?); dropped"]
+    assert "| r20 | 60 | 40.00 | 40.00 | 40.00 (60) |" in capsys.readouterr().out
+    assert (tmp_path / "x.png").read_bytes()[:8] == PNG

@@ -57,7 +57,6 @@ field. The ``task`` field keeps the format general: a task adds its own checks t
 
 from __future__ import annotations
 
-import json
 import math
 import platform
 import re
@@ -66,7 +65,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from backbones.fileio import atomic_write_json, sha256_of
+from backbones.fileio import atomic_write_json, read_json_object, sha256_of
 
 FORMAT = "resnet-zoo-deploy"
 VERSION = 1
@@ -410,9 +409,9 @@ def read_sidecar(artifact: str | Path, verify_sha256: bool = True) -> dict[str, 
         raise SidecarError(f"{artifact}: no sidecar found; expected {path} (written by python -m deploy.export "
                            "next to the artifact: it holds the preprocessing, classes and hash)")  # fmt: skip
     try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise SidecarError(f"{path}: not valid JSON ({error})") from None
+        data = read_json_object(path)
+    except ValueError as error:
+        raise SidecarError(str(error)) from None
     validate(data, path)
     if data["artifact"]["file"] != artifact.name:
         raise SidecarError(f"{path}: field 'artifact.file' is {data['artifact']['file']!r}, but the sidecar sits next "

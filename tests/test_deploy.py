@@ -365,6 +365,9 @@ def test_sidecar_file_problems(r18_copy):
     path.write_text("[1, 2]")
     with pytest.raises(SidecarError, match="expected a JSON object, got list"):
         read_sidecar(r18_copy)
+    path.write_bytes(b'{"format": "\xff"}')
+    with pytest.raises(SidecarError, match=f"{path}: not valid JSON \\(not UTF-8 text"):
+        read_sidecar(r18_copy)
 
 
 def test_tensorrt_sidecar_profiles_checked(r18_onnx):

@@ -391,6 +391,21 @@ def test_amp_warning_names_emulated_bf16_on_the_cpu_only():
     assert cpu_description().split(" + ")[0] == torch.backends.cpu.get_cpu_capability()
 
 
+def test_allocator_hint_names_tcmalloc_on_a_glibc_cpu_run_only(monkeypatch):
+    from backbones.engine import allocator_hint, cpu_allocator
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    assert cpu_allocator() == "glibc"
+    hint = allocator_hint(cpu, cpu_allocator())
+    assert hint is not None and "LD_PRELOAD=libtcmalloc_minimal.so.4" in hint and "cpu_allocator.py" in hint
+    assert allocator_hint(gpu, "glibc") is None
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
+    assert cpu_allocator() == "tcmalloc" and allocator_hint(cpu, cpu_allocator()) is None
+    monkeypatch.setenv("LD_PRELOAD", "libjemalloc.so.2")
+    assert cpu_allocator() == "jemalloc" and allocator_hint(cpu, "jemalloc") is None
+
+
 class ToyBatches:
     """A deterministic regression stream for engine-level tests: ``length`` batches of 8 per epoch."""
 
@@ -500,6 +515,7 @@ def test_resume_keeps_the_recipe_and_survives_a_torn_metrics_line(tmp_path, capl
     assert segments[1]["world_size"] == 1 and segments[1]["torch"] == torch.__version__
     assert segments[1]["threads"] == torch.get_num_threads()
     assert segments[1]["cpu"] == cpu_description()
+    assert segments[1]["allocator"] in {"glibc", "tcmalloc", "jemalloc"}
     assert json.loads((run / "config.json").read_text())["engine"]["channels_last"] is False
 
 

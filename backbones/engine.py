@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .cpu_memory import cpu_allocator, keep_freed_memory
 from .distributed import DistContext, all_reduce_sum, barrier
 from .fileio import atomic_path, atomic_write_text
 from .schedule import LRSchedule
@@ -74,26 +74,6 @@ def amp_warning(device: torch.device, amp: str, native_bf16: bool | None = None)
         return None
     return (f"--amp bf16 on this CPU ({cpu_description()}: no AVX512-BF16 or AMX) is emulated and "
             "usually several times slower than fp32; use --amp none here")  # fmt: skip
-
-
-def cpu_allocator() -> str:
-    """The malloc this process runs on: the preloaded tcmalloc or jemalloc, else glibc."""
-    preload = os.environ.get("LD_PRELOAD", "")
-    for name in ("tcmalloc", "jemalloc"):
-        if name in preload:
-            return name
-    return "glibc"
-
-
-def allocator_hint(device: torch.device, allocator: str) -> str | None:
-    """A tip for CPU training on glibc's malloc, which returns each step's activation buffers to the
-    kernel and faults them back in: benchmarks/cpu_allocator.py measured the ResNet-56 step faster
-    with tcmalloc (77k page faults/s and half the CPU time in the kernel on glibc, in a training run)."""
-    if device.type != "cpu" or allocator != "glibc":
-        return None
-    return ("CPU training on glibc malloc spends much of its time in page faults; preloading tcmalloc "
-            "(apt-get install libtcmalloc-minimal4; LD_PRELOAD=libtcmalloc_minimal.so.4) is faster: "
-            "benchmarks/cpu_allocator.py measures it here")  # fmt: skip
 
 
 class BatchSource(Protocol):
@@ -329,9 +309,9 @@ class Trainer:
         warning = amp_warning(self.ctx.device, config.amp)
         if warning and self.ctx.is_main:
             log.warning(warning)
-        hint = allocator_hint(self.ctx.device, cpu_allocator())
-        if hint and self.ctx.is_main:
-            log.info(hint)
+        if self.ctx.device.type == "cpu" and keep_freed_memory() and self.ctx.is_main:
+            log.info("CPU memory: %s malloc (keeps freed memory in the process; benchmarks/cpu_allocator.py)",
+                     cpu_allocator())  # fmt: skip
         self.checkpoint_path = config.output_dir / CHECKPOINT_NAME
         self.metrics_path = config.output_dir / "metrics.jsonl"
 

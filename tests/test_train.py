@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from backbones.cpu_memory import cpu_allocator
 from backbones.engine import cpu_description, read_checkpoint
 from backbones.train import build_parser, resolve_config
 from backbones.train import main as train_main
@@ -391,19 +392,27 @@ def test_amp_warning_names_emulated_bf16_on_the_cpu_only():
     assert cpu_description().split(" + ")[0] == torch.backends.cpu.get_cpu_capability()
 
 
-def test_allocator_hint_names_tcmalloc_on_a_glibc_cpu_run_only(monkeypatch):
-    from backbones.engine import allocator_hint, cpu_allocator
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_keep_freed_memory_tunes_glibc_once_and_leaves_other_allocators_alone(monkeypatch):
+    from backbones import cpu_memory
 
-    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    code = ("from backbones.cpu_memory import cpu_allocator, keep_freed_memory; "
+            "print(cpu_allocator(), keep_freed_memory(), cpu_allocator(), sep=';')")  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD" and not k.startswith("MALLOC_")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip().split(";") == ["glibc", "True", "glibc, no trim"]  # a fresh process: mallopt applied
+
+    monkeypatch.setattr(cpu_memory, "_kept_by_mallopt", False)
     monkeypatch.delenv("LD_PRELOAD", raising=False)
-    assert cpu_allocator() == "glibc"
-    hint = allocator_hint(cpu, cpu_allocator())
-    assert hint is not None and "LD_PRELOAD=libtcmalloc_minimal.so.4" in hint and "cpu_allocator.py" in hint
-    assert allocator_hint(gpu, "glibc") is None
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1000000")  # the user's own setting is kept, not overridden
+    assert cpu_memory.cpu_allocator() == "glibc, no trim" and cpu_memory.keep_freed_memory()
+    assert cpu_memory._kept_by_mallopt is False
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
     monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
-    assert cpu_allocator() == "tcmalloc" and allocator_hint(cpu, cpu_allocator()) is None
+    assert cpu_memory.cpu_allocator() == "tcmalloc" and not cpu_memory.keep_freed_memory()
     monkeypatch.setenv("LD_PRELOAD", "libjemalloc.so.2")
-    assert cpu_allocator() == "jemalloc" and allocator_hint(cpu, "jemalloc") is None
+    assert cpu_memory.cpu_allocator() == "jemalloc" and not cpu_memory.keep_freed_memory()
+    assert cpu_memory._kept_by_mallopt is False
 
 
 class ToyBatches:
@@ -515,7 +524,9 @@ def test_resume_keeps_the_recipe_and_survives_a_torn_metrics_line(tmp_path, capl
     assert segments[1]["world_size"] == 1 and segments[1]["torch"] == torch.__version__
     assert segments[1]["threads"] == torch.get_num_threads()
     assert segments[1]["cpu"] == cpu_description()
-    assert segments[1]["allocator"] in {"glibc", "tcmalloc", "jemalloc"}
+    assert segments[1]["allocator"] == cpu_allocator()
+    if sys.platform.startswith("linux"):  # the trainer had glibc keep freed memory (or a preload replaced it)
+        assert segments[1]["allocator"] != "glibc"
     assert json.loads((run / "config.json").read_text())["engine"]["channels_last"] is False
 
 

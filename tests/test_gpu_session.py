@@ -38,16 +38,14 @@ print("DATA", os.environ.get("FASHION_MNIST_DIR"))
 """
 
 
+RUN = "resnet20-fmnist-re-300ep"  # the one run the script still has to finish
+
+
 @pytest.fixture
 def session_repo(tmp_path):
-    """A copy of the script in a repository layout, with one run's unfinished checkpoint committed."""
+    """A copy of the script in a repository layout, with the Fashion-MNIST files carried."""
     (tmp_path / "benchmarks").mkdir()
     shutil.copy(REPO / "benchmarks" / "gpu_session.sh", tmp_path / "benchmarks")
-    unfinished = tmp_path / "checkpoints" / "unfinished" / "resnet56-fmnist-re-cos-random"
-    unfinished.mkdir(parents=True)
-    (unfinished / "checkpoint.pt").write_text(json.dumps({"iteration": 24000}))
-    (unfinished / "config.json").write_text("{}")
-    (unfinished / "metrics.jsonl").write_text("")
     (tmp_path / ".fmnist").mkdir()
     (tmp_path / ".fmnist" / "train-images-idx3-ubyte.gz").write_bytes(b"")
     fake = tmp_path / "fake-python"
@@ -56,8 +54,16 @@ def session_repo(tmp_path):
     return tmp_path
 
 
-def _run(repo, *, env_extra, seconds="5"):
-    env = {"PATH": "/usr/bin:/bin", "PYTHON": str(repo / "fake-python"), "OUT": str(repo / "out"), **env_extra}
+def _commit_unfinished(repo, name, iteration):
+    unfinished = repo / "checkpoints" / "unfinished" / name
+    unfinished.mkdir(parents=True)
+    (unfinished / "checkpoint.pt").write_text(json.dumps({"iteration": iteration}))
+    (unfinished / "config.json").write_text("{}")
+    (unfinished / "metrics.jsonl").write_text("")
+
+
+def _run(repo, *, env_extra=None, seconds="5"):
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": str(repo / "fake-python"), "OUT": str(repo / "out"), **(env_extra or {})}
     return subprocess.run(
         ["bash", str(repo / "benchmarks" / "gpu_session.sh"), seconds],
         cwd=repo, env=env, capture_output=True, text=True, timeout=120,
@@ -73,44 +79,47 @@ def _logged_args(log):
     return json.loads(log.split("ARGS ", 1)[1].splitlines()[0])
 
 
-def test_resumes_committed_checkpoint_and_packs_each_run(session_repo):
-    result = _run(session_repo, env_extra={"ONLY": "resnet56-fmnist-re-cos-random resnet20-fmnist-re-300ep"})
+def test_resumes_committed_checkpoint_and_packs_it(session_repo):
+    _commit_unfinished(session_repo, RUN, 17642)
+    result = _run(session_repo)
     assert result.returncode == 0, result.stderr
     out = session_repo / "out"
-    assert sorted(p.name for p in out.iterdir()) == [
-        "machine.txt",
-        "resnet20-fmnist-re-300ep.tar",
-        "resnet56-fmnist-re-cos-random.tar",
-    ]
-    resumed = _tar_members(out / "resnet56-fmnist-re-cos-random.tar")
+    # finished runs (zoo records, their folders gone from checkpoints/unfinished/) are not started again
+    assert sorted(p.name for p in out.iterdir()) == ["machine.txt", f"{RUN}.tar"]
+    resumed = _tar_members(out / f"{RUN}.tar")
     files = ("checkpoint.pt", "config.json", "metrics.jsonl", "train.log")
-    assert set(resumed) == {f"resnet56-fmnist-re-cos-random/{f}" for f in files}
-    assert json.loads(resumed["resnet56-fmnist-re-cos-random/checkpoint.pt"])["iteration"] == 24500
-    args = _logged_args(resumed["resnet56-fmnist-re-cos-random/train.log"])
-    assert args[2] == "resnet56" and "--resume" in args
-    for flag, value in [("--schedule", "cosine"), ("--erasing-fill", "random"), ("--weight-decay", "5e-4"),
-                        ("--random-erasing", "0.5"), ("--amp", "bf16"), ("--checkpoint-every", "500")]:  # fmt: skip
+    assert set(resumed) == {f"{RUN}/{f}" for f in files}
+    assert json.loads(resumed[f"{RUN}/checkpoint.pt"])["iteration"] == 18142
+    args = _logged_args(resumed[f"{RUN}/train.log"])
+    assert args[2] == "resnet20" and "--resume" in args and "--schedule" not in args
+    for flag, value in [("--epochs", "300"), ("--erasing-fill", "mean"), ("--weight-decay", "5e-4"),
+                        ("--random-erasing", "0.5"), ("--amp", "bf16")]:  # fmt: skip
         assert args[args.index(flag) + 1] == value, flag
-
-    fresh = _tar_members(out / "resnet20-fmnist-re-300ep.tar")
-    args = _logged_args(fresh["resnet20-fmnist-re-300ep/train.log"])
-    assert "--resume" not in args and "--schedule" not in args and args[args.index("--epochs") + 1] == "300"
     # the run's own evaluation and checkpoint intervals (every epoch) come last, so they win
     for flag in ("--eval-every", "--checkpoint-every"):
         last = max(i for i, arg in enumerate(args) if arg == flag)
         assert args.count(flag) == 2 and args[last + 1] == "468", flag
-    assert json.loads(fresh["resnet20-fmnist-re-300ep/checkpoint.pt"])["iteration"] == 500
 
 
-def test_second_call_resumes_from_its_own_output(session_repo):
-    only = {"ONLY": "resnet20-fmnist-re-300ep"}
-    assert _run(session_repo, env_extra=only).returncode == 0
+def test_starts_afresh_then_a_second_call_resumes_from_its_own_output(session_repo):
+    assert _run(session_repo).returncode == 0
     out = session_repo / "out"
-    with tarfile.open(out / "resnet20-fmnist-re-300ep.tar") as tar:
+    fresh = _tar_members(out / f"{RUN}.tar")
+    assert "--resume" not in _logged_args(fresh[f"{RUN}/train.log"])
+    assert json.loads(fresh[f"{RUN}/checkpoint.pt"])["iteration"] == 500
+    with tarfile.open(out / f"{RUN}.tar") as tar:
         tar.extractall(out, filter="data")
-    assert _run(session_repo, env_extra=only).returncode == 0
-    packed = _tar_members(out / "resnet20-fmnist-re-300ep.tar")
-    assert json.loads(packed["resnet20-fmnist-re-300ep/checkpoint.pt"])["iteration"] == 1000
+    assert _run(session_repo).returncode == 0
+    packed = _tar_members(out / f"{RUN}.tar")
+    assert "--resume" in _logged_args(packed[f"{RUN}/train.log"])
+    assert json.loads(packed[f"{RUN}/checkpoint.pt"])["iteration"] == 1000
+
+
+def test_refuses_a_subset_that_names_no_run(session_repo):
+    result = _run(session_repo, env_extra={"ONLY": "resnet56-fmnist-re-cos-random"})
+    assert result.returncode == 2
+    assert 'ONLY="resnet56-fmnist-re-cos-random" names none of this script\'s runs: ' + RUN in result.stderr
+    assert not (session_repo / "out" / "machine.txt").exists()
 
 
 def test_refuses_to_start_without_fashion_mnist(session_repo):
@@ -123,6 +132,6 @@ def test_refuses_to_start_without_fashion_mnist(session_repo):
 
 
 def test_uses_the_carried_copy(session_repo):
-    assert _run(session_repo, env_extra={"ONLY": "resnet20-fmnist-re-300ep"}).returncode == 0
-    log = _tar_members(session_repo / "out" / "resnet20-fmnist-re-300ep.tar")["resnet20-fmnist-re-300ep/train.log"]
+    assert _run(session_repo, env_extra={"ONLY": RUN}).returncode == 0
+    log = _tar_members(session_repo / "out" / f"{RUN}.tar")[f"{RUN}/train.log"]
     assert f"DATA {session_repo / '.fmnist'}\n" in log  # what the real trainer would read
